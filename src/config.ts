@@ -1,0 +1,48 @@
+import { homedir } from "node:os";
+import { join } from "node:path";
+
+/**
+ * Server configuration. Every setting has a flag of `microvms serve` and an
+ * environment variable (MICROVMS_*); flags win over the environment, which wins
+ * over the defaults here.
+ */
+export interface ServerConfig {
+  dataDir: string;
+  host: string;
+  apiPort: number;
+  proxyPort: number;
+  /** PostgreSQL connection string; SQLite in the data directory when absent. */
+  databaseUrl?: string;
+  /** JSON file mapping access keys to accounts; default test/test → 000000000000. */
+  accountsFile?: string;
+  logLevel: string;
+  /** MicroVMs that are not TERMINATED, per account and region. */
+  maxLiveMicrovms: number;
+}
+
+export const defaultDataDir = () => join(homedir(), ".local", "share", "microvms");
+
+type Env = Record<string, string | undefined>;
+
+function intSetting(name: string, text: string | undefined, fallback: number, min: number, max: number): number {
+  if (text === undefined || text === "") return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer from ${min} to ${max}, got '${text}'`);
+  return n;
+}
+
+export function resolveConfig(flags: Partial<Record<keyof ServerConfig, string>>, env: Env = process.env): ServerConfig {
+  const pick = (key: keyof ServerConfig, envName: string) => flags[key] ?? env[envName];
+  const config: ServerConfig = {
+    dataDir: pick("dataDir", "MICROVMS_DATA_DIR") || defaultDataDir(),
+    host: pick("host", "MICROVMS_HOST") || "127.0.0.1",
+    apiPort: intSetting("api port", pick("apiPort", "MICROVMS_API_PORT"), 9600, 0, 65535),
+    proxyPort: intSetting("proxy port", pick("proxyPort", "MICROVMS_PROXY_PORT"), 9601, 0, 65535),
+    databaseUrl: pick("databaseUrl", "MICROVMS_DATABASE_URL") || undefined,
+    accountsFile: pick("accountsFile", "MICROVMS_ACCOUNTS_FILE") || undefined,
+    logLevel: pick("logLevel", "MICROVMS_LOG_LEVEL") || "info",
+    maxLiveMicrovms: intSetting("max live MicroVMs", pick("maxLiveMicrovms", "MICROVMS_MAX_LIVE_MICROVMS"), 100, 1, 100_000),
+  };
+  if (!config.accountsFile) config.accountsFile = join(config.dataDir, "accounts.json");
+  return config;
+}
