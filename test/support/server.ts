@@ -1,0 +1,67 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { MicrovmsClient } from "../../src/client/client.js";
+import { resolveConfig } from "../../src/config.js";
+import { startServer, type RunningServer } from "../../src/server.js";
+
+/** A real server on a free port with its own data directory, and a client for it. */
+export interface TestServer {
+  server: RunningServer;
+  client: MicrovmsClient;
+  dataDir: string;
+  /** A client signing with another account's keys (222222222222). */
+  otherAccount: MicrovmsClient;
+  stop(): Promise<void>;
+}
+
+export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+  const dataDir = mkdtempSync(join(tmpdir(), "microvms-test-"));
+  const accountsFile = join(dataDir, "accounts.json");
+  writeFileSync(
+    accountsFile,
+    JSON.stringify({
+      credentials: [
+        { accessKeyId: "test", secretAccessKey: "test", accountId: "000000000000" },
+        { accessKeyId: "other", secretAccessKey: "other-secret", accountId: "222222222222" },
+      ],
+    }),
+  );
+  const config = resolveConfig({ dataDir, apiPort: "0", accountsFile }, { ...env });
+  const server = await startServer(config, pino({ level: process.env.MICROVMS_TEST_LOG_LEVEL ?? "silent" }));
+  return {
+    server,
+    dataDir,
+    client: new MicrovmsClient({ endpoint: server.apiUrl }),
+    otherAccount: new MicrovmsClient({ endpoint: server.apiUrl, accessKeyId: "other", secretAccessKey: "other-secret" }),
+    async stop() {
+      await server.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Polls `check` until it returns a value, for states the engine reaches on its own. */
+export async function eventually<T>(check: () => Promise<T | undefined>, what: string, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export const BUILD_ROLE = "arn:aws:iam::000000000000:role/build";
+export const BUSYBOX = "arn:aws:lambda:us-east-1:aws:microvm-image:busybox";
+
+export function imageInput(name: string, extra: Record<string, unknown> = {}) {
+  return {
+    name,
+    baseImageArn: BUSYBOX,
+    buildRoleArn: BUILD_ROLE,
+    codeArtifact: { uri: "file:///tmp/app.zip" },
+    ...extra,
+  };
+}

@@ -1,0 +1,105 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { MicrovmStateValues, type MicrovmState } from "../../src/api/generated/types.js";
+import { ServiceError } from "../../src/api/errors.js";
+import { decide, MicrovmLifecycle, transitions, type MicrovmTransition } from "../../src/engine/lifecycle.js";
+import { migrate } from "../../src/store/migrations.js";
+import { SqliteDriver } from "../../src/store/sqlite-driver.js";
+import { SqlStore } from "../../src/store/sql-store.js";
+import type { MicrovmRecord } from "../../src/store/records.js";
+
+describe("MicroVM state table", () => {
+  it("allows exactly the documented transitions", () => {
+    const expected: Record<MicrovmTransition, Partial<Record<MicrovmState, MicrovmState | "done">>> = {
+      suspend: { RUNNING: "SUSPENDING" },
+      resume: { SUSPENDED: "PENDING" },
+      terminate: { PENDING: "TERMINATING", RUNNING: "TERMINATING", SUSPENDING: "TERMINATING", SUSPENDED: "TERMINATING", TERMINATING: "done", TERMINATED: "done" },
+      started: { PENDING: "RUNNING" },
+      suspended: { SUSPENDING: "SUSPENDED" },
+      terminated: { TERMINATING: "TERMINATED" },
+      failed: { PENDING: "TERMINATED", RUNNING: "TERMINATED", SUSPENDING: "TERMINATED", SUSPENDED: "TERMINATED", TERMINATING: "TERMINATED" },
+    };
+    for (const transition of Object.keys(transitions) as MicrovmTransition[]) {
+      for (const state of MicrovmStateValues) {
+        const want = expected[transition][state];
+        const got = decide(transition, state);
+        if (want === undefined) assert.equal(got.kind, "forbidden", `${transition} from ${state}`);
+        else if (want === "done") assert.equal(got.kind, "done", `${transition} from ${state}`);
+        else assert.deepEqual(got, { kind: "move", to: want }, `${transition} from ${state}`);
+      }
+    }
+  });
+
+  it("never leaves TERMINATED", () => {
+    for (const transition of Object.keys(transitions) as MicrovmTransition[]) {
+      assert.notEqual(decide(transition, "TERMINATED").kind, "move", transition);
+    }
+  });
+});
+
+/** A test double of the engine: it reports what a VM driver would, through the lifecycle. */
+async function withLifecycle(work: (lifecycle: MicrovmLifecycle, microvm: MicrovmRecord, store: SqlStore) => Promise<void>) {
+  const driver = new SqliteDriver(":memory:");
+  await migrate(driver);
+  const store = SqlStore.over(driver);
+  const now = new Date();
+  const owner = { accountId: "000000000000", region: "us-east-1" };
+  await store.insertImage({ ...owner, imageId: "img", name: "app", state: "CREATED", tags: {}, createdAt: now, updatedAt: now });
+  const microvm: MicrovmRecord = {
+    ...owner,
+    microvmId: "mvm-00000000000000001",
+    imageId: "img",
+    imageName: "app",
+    imageVersion: 1,
+    state: "PENDING",
+    config: { maximumDurationInSeconds: 60 },
+    createdAt: now,
+    updatedAt: now,
+  };
+  await store.insertMicrovm(microvm);
+  try {
+    await work(new MicrovmLifecycle(store), microvm, store);
+  } finally {
+    await store.close();
+  }
+}
+
+describe("MicrovmLifecycle", () => {
+  it("walks a MicroVM through run, suspend, resume and terminate", () =>
+    withLifecycle(async (lifecycle, microvm, store) => {
+      let m = (await lifecycle.apply(microvm, "started")).microvm;
+      for (const step of ["suspend", "suspended", "resume", "started", "terminate", "terminated"] as const) {
+        m = (await lifecycle.apply(m, step)).microvm;
+      }
+      const stored = await store.findMicrovm(microvm, microvm.microvmId);
+      assert.equal(stored?.state, "TERMINATED");
+      assert.ok(stored?.terminatedAt instanceof Date);
+    }));
+
+  it("answers a forbidden action with a ConflictException naming the state", () =>
+    withLifecycle(async (lifecycle, microvm) => {
+      await assert.rejects(lifecycle.apply(microvm, "suspend"), (e: unknown) => {
+        assert.ok(e instanceof ServiceError);
+        assert.equal(e.errorType, "ConflictException");
+        assert.match(e.message, /is PENDING; SuspendMicrovm is not allowed/);
+        assert.equal(e.members.resourceId, microvm.microvmId);
+        return true;
+      });
+    }));
+
+  it("decides from the stored state when a stale record lost a race", () =>
+    withLifecycle(async (lifecycle, microvm) => {
+      await lifecycle.apply(microvm, "terminate");
+      // `microvm` still says PENDING; the store says TERMINATING, where terminate is already done.
+      const again = await lifecycle.apply(microvm, "terminate");
+      assert.equal(again.moved, false);
+      assert.equal(again.microvm.state, "TERMINATING");
+      await assert.rejects(lifecycle.apply(microvm, "started"), /is TERMINATING/);
+    }));
+
+  it("serializes concurrent transitions: exactly one of two racing terminates moves", () =>
+    withLifecycle(async (lifecycle, microvm) => {
+      const results = await Promise.all([lifecycle.apply(microvm, "terminate"), lifecycle.apply(microvm, "terminate")]);
+      assert.equal(results.filter((r) => r.moved).length, 1);
+    }));
+});
