@@ -24,4 +24,6 @@ trap stop_pg EXIT
   -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off" start >/dev/null
 export MICROVMS_TEST_DATABASE_URL="postgres://microvms@127.0.0.1:$pg_port/postgres"
 
-node --test --test-concurrency=2 dist/test/
+# Node 20's runner takes files, not globs: every compiled *.test.js under dist/test.
+mapfile -t tests < <(find dist/test -name '*.test.js' | sort)
+node --test --test-concurrency=2 "${tests[@]}"

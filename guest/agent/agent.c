@@ -31,6 +31,11 @@
  *   error <text>     a request or the configuration failed
  *   dropped <n>      frames lost while the host was not reading
  *
+ * Requests are handled in order and only failures are answered (with
+ * "error"), so a host that needs to know a request took effect follows it
+ * with "ping <token>" and waits for the matching pong. "hello" is sent once
+ * per boot; a restored snapshot continues where the snapshot was taken.
+ *
  * Configuration (/etc/microvms/agent.conf), one "<key> <value>" per line,
  * values escaped like frames, '#' starts a comment line:
  *
@@ -93,6 +98,7 @@
 
 #define LINE_CAP (16 * 1024)  /* longer output lines are split */
 #define OUT_CAP (1024 * 1024) /* frames kept while the host is not reading */
+#define CONTROL_RESERVE (64 * 1024) /* of OUT_CAP, for frames that are not output */
 #define IN_CAP 4096           /* longest host request */
 #define READY_POLL_MS 10
 #define STOP_GRACE_MS 2000    /* SIGTERM to SIGKILL, for the app and orphans */
@@ -269,8 +275,10 @@ static bool unescape(char *s)
 /*
  * Frames go through a ring buffer and a non-blocking fd: a virtio-serial write
  * blocks while no host process is connected to the port, and the agent must keep
- * reaping and serving the application meanwhile. What does not fit is counted
- * and reported as "dropped <n>" once there is room again.
+ * reaping and serving the application meanwhile. Output (stdout, stderr, log)
+ * that does not fit is counted and reported as "dropped <n>" once there is room
+ * again; the last CONTROL_RESERVE bytes are kept for the other frames, so a
+ * flood of output can never cost the host its "ready" or "exit".
  */
 static struct {
 	int fd;              /* -1 until the port is found */
@@ -283,9 +291,9 @@ static struct {
 /* Outside the initialized struct, so they stay in .bss and out of the binary. */
 static char chan_out[OUT_CAP], chan_in[IN_CAP];
 
-static bool out_put(const char *p, size_t n)
+static bool out_put(const char *p, size_t n, size_t reserve)
 {
-	if (n > OUT_CAP - chan.out_len)
+	if (n + reserve > OUT_CAP - chan.out_len)
 		return false;
 	size_t tail = (chan.out_head + chan.out_len) % OUT_CAP;
 	size_t first = n < OUT_CAP - tail ? n : OUT_CAP - tail;
@@ -318,6 +326,9 @@ static void channel_write_some(void)
 static void send_frame(const char *kind, const char *payload, size_t n)
 {
 	static char frame[32 + 4 * LINE_CAP + 1];
+	bool output = strcmp(kind, "stdout") == 0 || strcmp(kind, "stderr") == 0 ||
+		      strcmp(kind, "log") == 0;
+	size_t reserve = output ? CONTROL_RESERVE : 0;
 	if (chan.fd < 0)
 		return;
 	if (n > LINE_CAP)
@@ -326,19 +337,20 @@ static void send_frame(const char *kind, const char *payload, size_t n)
 		char note[48];
 		int len = snprintf(note, sizeof note, "dropped %llu\n",
 				   (unsigned long long)chan.dropped);
-		if (!out_put(note, (size_t)len)) {
+		if (out_put(note, (size_t)len, reserve)) {
+			chan.dropped = 0;
+		} else if (output) {
 			chan.dropped++;
 			return;
 		}
-		chan.dropped = 0;
 	}
 	size_t len = (size_t)snprintf(frame, 32, "%s", kind);
-	if (n > 0 || payload) {
+	if (payload) {
 		frame[len++] = ' ';
 		len += escape(frame + len, payload, n);
 	}
 	frame[len++] = '\n';
-	if (!out_put(frame, len))
+	if (!out_put(frame, len, reserve))
 		chan.dropped++;
 	channel_write_some();
 }
@@ -406,9 +418,10 @@ static void channel_open(void)
 				continue;
 			snprintf(path, sizeof path, "/dev/%s", e->d_name);
 			closedir(d);
-			d = NULL;
-			if (!wait_for_path(path, DEVICE_WAIT_MS))
-				break;
+			if (!wait_for_path(path, DEVICE_WAIT_MS)) {
+				agent_log("%s did not appear; output goes to the console only", path);
+				return;
+			}
 			chan.fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
 			if (chan.fd < 0) {
 				agent_log("cannot open %s: %s", path, strerror(errno));
@@ -654,11 +667,28 @@ static struct {
 	bool has_gateway;
 } cfg;
 
+/* PID 1 must not abort (that panics the kernel): out of memory powers off instead. */
+static void out_of_memory(void) __attribute__((noreturn));
+static void out_of_memory(void)
+{
+	agent_log("out of memory");
+	send_text("error", "agent out of memory");
+	power_off();
+}
+
+static char *xstrdup(const char *s)
+{
+	char *copy = strdup(s);
+	if (!copy)
+		out_of_memory();
+	return copy;
+}
+
 static void push(char ***list, size_t *count, char *item)
 {
 	char **grown = realloc(*list, (*count + 2) * sizeof **list);
 	if (!grown)
-		abort();
+		out_of_memory();
 	grown[(*count)++] = item;
 	grown[*count] = NULL;
 	*list = grown;
@@ -698,13 +728,13 @@ static const char *config_line(const char *key, char *value)
 	if (!unescape(value))
 		return "bad escape";
 	if (strcmp(key, "arg") == 0) {
-		push(&cfg.argv, &cfg.argc, strdup(value));
+		push(&cfg.argv, &cfg.argc, xstrdup(value));
 	} else if (strcmp(key, "env") == 0) {
 		if (!strchr(value, '=') || value[0] == '=')
 			return "env needs NAME=value";
-		push(&cfg.env, &cfg.envc, strdup(value));
+		push(&cfg.env, &cfg.envc, xstrdup(value));
 	} else if (strcmp(key, "workdir") == 0) {
-		cfg.workdir = strdup(value);
+		cfg.workdir = xstrdup(value);
 	} else if (strcmp(key, "user") == 0) {
 		char *colon = strchr(value, ':');
 		if (strcmp(value, "root") == 0) {
@@ -724,7 +754,7 @@ static const char *config_line(const char *key, char *value)
 			return "ready_port needs a port number";
 		cfg.ready_port = (unsigned)n;
 	} else if (strcmp(key, "hostname") == 0) {
-		cfg.hostname = strdup(value);
+		cfg.hostname = xstrdup(value);
 	} else if (strcmp(key, "address") == 0) {
 		cfg.net = strcmp(value, "none") != 0;
 		if (cfg.net && !parse_cidr(value, &cfg.addr, &cfg.netmask))
@@ -958,7 +988,7 @@ static void start_app(void)
 				strerror(errno));
 			_exit(126);
 		}
-		if (cfg.uid != 0 &&
+		if ((cfg.uid != 0 || cfg.gid != 0) &&
 		    (setgroups(0, NULL) != 0 || setgid(cfg.gid) != 0 || setuid(cfg.uid) != 0)) {
 			dprintf(STDERR_FILENO, "microvms-agent: cannot become %u:%u: %s\n",
 				(unsigned)cfg.uid, (unsigned)cfg.gid, strerror(errno));

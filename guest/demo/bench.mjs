@@ -3,7 +3,7 @@
 // with x-ignore-shared). Needs the images run-demo.sh builds.
 //   node bench.mjs --kernel K --initrd I --rootfs R --dir D [--runs 3] [--only boot,kvm,snapshot]
 import { parseArgs } from 'node:util';
-import { mkdirSync, rmSync, statSync, copyFileSync } from 'node:fs';
+import { mkdirSync, rmSync, statSync, copyFileSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { qemuArgs, startQemu, Qmp, AgentChannel, httpGet, rssMiB, processGone, sleep } from './qemu.mjs';
 
@@ -60,6 +60,7 @@ async function benchBoot() {
     { name: 'default cpu, quiet', o: {} },
     { name: '-cpu max, quiet', o: { cpu: 'max' } },
     { name: 'default cpu, verbose console', o: { cmdline: 'console=ttyS0 root=/dev/vda rw panic=-1' } },
+    { name: 'qboot firmware', o: { bios: '/usr/share/qemu/qboot.rom' } },
   ];
   for (const v of variants) {
     const hellos = [], readies = [], gh = [], gr = [];
@@ -74,40 +75,47 @@ async function benchBoot() {
 }
 
 async function benchMemory() {
-  console.log('\n## QEMU RSS (MiB) at ready and after one request');
-  for (const memMiB of [128, 256, 512]) {
-    for (const cmdline of [undefined, 'console=ttyS0 root=/dev/vda rw panic=-1 quiet init_on_alloc=0']) {
-      const vm = await boot({ memMiB, ...(cmdline ? { cmdline } : {}) });
+  console.log('\n## QEMU RSS (MiB): at ready / 6 s later');
+  const variants = [
+    { name: 'default', o: {} },
+    { name: 'tb-size=32', o: { tbSizeMiB: 32 } },
+    { name: 'tb-size=32 + balloon free-page-reporting', o: { tbSizeMiB: 32, balloon: true } },
+  ];
+  for (const memMiB of [128, 256]) {
+    for (const v of variants) {
+      const vm = await boot({ memMiB, ...v.o });
       const atReady = rssMiB(vm.qemu.pid);
-      const port = await vm.qmp.forwardedPort();
-      await httpGet(port);
-      await sleep(200);
-      console.log(`-m ${memMiB}${cmdline ? ' init_on_alloc=0' : ''}: ${atReady} at ready, ${rssMiB(vm.qemu.pid)} after a request`);
+      await httpGet(await vm.qmp.forwardedPort());
+      await sleep(6000);
+      console.log(`-m ${memMiB}, ${v.name}: ${atReady} / ${rssMiB(vm.qemu.pid)}  (boot to ready ${ms(vm.tReady)} ms)`);
       await stop(vm);
     }
   }
 }
 
 async function benchKvm() {
-  console.log('\n## -accel kvm (20 s limit)');
-  const dir = vmDir();
-  const rootfs = `${dir}/root.img`;
-  copyFileSync(opt.rootfs, rootfs);
-  const t0 = performance.now();
-  const qemu = startQemu(qemuArgs({ kernel: opt.kernel, initrd: opt.initrd, rootfs, dir, accel: 'kvm', cpu: 'host' }));
-  try {
-    const agent = await Promise.race([AgentChannel.connect(`${dir}/agent.sock`), qemu.exited.then(() => null)]);
-    if (!agent) {
-      console.log(`QEMU exited at once: ${qemu.output().trim()}`);
-      return;
+  console.log('\n## -accel kvm (20 s limit each)');
+  for (const cpu of [undefined, 'host']) {
+    const dir = vmDir();
+    const rootfs = `${dir}/root.img`;
+    copyFileSync(opt.rootfs, rootfs);
+    const t0 = performance.now();
+    const qemu = startQemu(qemuArgs({ kernel: opt.kernel, initrd: opt.initrd, rootfs, dir, accel: 'kvm', cpu }));
+    const label = `-accel kvm${cpu ? ` -cpu ${cpu}` : ''}`;
+    try {
+      const agent = await AgentChannel.connect(`${dir}/agent.sock`);
+      const outcome = await Promise.race([
+        agent.waitFor('hello', 20000).then(() => `works: agent up after ${ms(performance.now() - t0)} ms`),
+        qemu.exited.then(({ code, signal }) => `QEMU died (${code ?? signal}): ${qemu.output().trim().split('\n').pop()}`),
+      ]);
+      console.log(`${label}: ${outcome}`);
+    } catch (err) {
+      const last = readFileSync(`${dir}/console.log`, 'utf8').trim().split('\n').pop() || '(empty)';
+      console.log(`${label}: no agent after 20 s; last console line: ${last}`);
+    } finally {
+      qemu.kill('SIGKILL');
+      await qemu.exited;
     }
-    await agent.waitFor('hello', 20000);
-    console.log(`KVM works: agent up after ${ms(performance.now() - t0)} ms`);
-  } catch (err) {
-    console.log(`no agent after 20 s (${err.message}); killing QEMU ${qemu.pid}`);
-  } finally {
-    qemu.kill('SIGKILL');
-    await qemu.exited;
   }
 }
 
@@ -115,15 +123,19 @@ async function benchKvm() {
  * Snapshot a ready VM (stop + migrate to a file) and restore it in a new QEMU
  * (-incoming defer, migrate-incoming, cont) with a new host port forward.
  * fileRam: guest RAM in a file (share=on), x-ignore-shared, restore share=off.
+ * balloon: free page reporting, given a few seconds to return free memory
+ * before the snapshot (freed pages read as zero and leave the stream).
  */
-async function snapshotRestore(fileRam) {
-  const label = fileRam ? 'memory-backend-file + x-ignore-shared' : 'plain migration stream';
+async function snapshotRestore({ fileRam = false, balloon = false } = {}) {
+  const label = (fileRam ? 'memory-backend-file + x-ignore-shared' : 'plain migration stream') +
+    (balloon ? ', balloon free-page-reporting' : '');
   const memMiB = 256;
   const base = vmDir();
   const memFile = fileRam ? `${base}/ram` : undefined;
-  const vm = await boot({ memMiB, memFile, share: true });
+  const vm = await boot({ memMiB, memFile, share: true, balloon, tbSizeMiB: 32 });
   const port0 = await vm.qmp.forwardedPort();
   const before = await httpGet(port0);
+  if (balloon) await sleep(5000);
 
   const snap = `${base}/state`;
   if (fileRam) {
@@ -141,7 +153,7 @@ async function snapshotRestore(fileRam) {
   const dir = vmDir();
   const t1 = performance.now();
   const qemu = startQemu(qemuArgs({
-    kernel: opt.kernel, initrd: opt.initrd, rootfs: vm.rootfs, dir, memMiB, memFile, share: false, incoming: true,
+    kernel: opt.kernel, initrd: opt.initrd, rootfs: vm.rootfs, dir, memMiB, memFile, share: false, incoming: true, balloon, tbSizeMiB: 32,
   }));
   const [qmp, agent] = await Promise.all([Qmp.connect(`${dir}/qmp.sock`), AgentChannel.connect(`${dir}/agent.sock`)]);
   const tSpawn = performance.now() - t1;
@@ -164,7 +176,7 @@ before: ${before.body.trim()}
 save: ${ms(tSave)} ms, state file ${(snapBytes / 1048576).toFixed(1)} MiB${fileRam ? `, RAM file ${(statSync(memFile).size / 1048576).toFixed(0)} MiB` : ''}
 restore: QEMU up ${ms(tSpawn)} ms, migrate-incoming done (${status}) + cont ${ms(tCont)} ms, agent pong ${ms(tAgent)} ms, first HTTP 200 ${ms(tHttp)} ms (new port ${port}, request ${ms(after.ms)} ms)
 after: ${after.body.trim()}
-restored QEMU RSS: ${rss} MiB`);
+restored QEMU RSS: ${rss} MiB${fileRam ? ` (the RAM file's page cache is shared between restores)` : ''}`);
   await stop({ qemu, qmp });
 }
 
@@ -173,6 +185,7 @@ if (only.has('memory')) await benchMemory();
 if (only.has('kvm')) await benchKvm();
 if (only.has('snapshot')) {
   console.log('\n## snapshot / restore');
-  await snapshotRestore(false);
-  await snapshotRestore(true);
+  await snapshotRestore();
+  await snapshotRestore({ balloon: true });
+  await snapshotRestore({ fileRam: true });
 }

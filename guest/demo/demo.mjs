@@ -17,7 +17,7 @@ mkdirSync(opt.dir, { recursive: true });
 const secs = (ms) => (ms / 1000).toFixed(2);
 
 const args = qemuArgs({ kernel: opt.kernel, initrd: opt.initrd, rootfs: opt.rootfs, dir: opt.dir, memMiB: Number(opt.mem), accel: opt.accel });
-console.log(`qemu-system-x86_64 ${args.map((a) => (/[ ,=]/.test(a) && a.includes(' ') ? `'${a}'` : a)).join(' ')}\n`);
+console.log(`qemu-system-x86_64 ${args.map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}\n`);
 const t0 = performance.now();
 const qemu = startQemu(args, { log: (l) => console.log(`[qemu] ${l}`) });
 const [qmp, agent] = await Promise.all([Qmp.connect(`${opt.dir}/qmp.sock`), AgentChannel.connect(`${opt.dir}/agent.sock`)]);

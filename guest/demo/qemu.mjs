@@ -13,15 +13,20 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * QEMU arguments for one MicroVM. dir holds its sockets and console log.
  * memFile: back guest RAM with this file (share=true while building a snapshot,
  * false when restoring: private, copy-on-write mapping of the snapshot).
+ * tbSizeMiB: TCG translation cache (QEMU's default lets it grow to ~55 MiB RSS).
+ * balloon: virtio-balloon free page reporting, so memory the guest frees
+ * (e.g. the kernel's decompression buffers) goes back to the host.
+ * bios: firmware image, e.g. /usr/share/qemu/qboot.rom instead of SeaBIOS.
  */
 export function qemuArgs({
-  kernel, initrd, rootfs, dir, memMiB = 256, accel = 'tcg', cpu,
+  kernel, initrd, rootfs, dir, memMiB = 256, accel = 'tcg', cpu, tbSizeMiB, balloon = false, bios,
   cmdline = 'console=ttyS0 root=/dev/vda rw panic=-1 quiet',
   guestPort = 8080, hostPort = 0, memFile, share = true, incoming = false,
 }) {
   const machine = memFile ? 'q35,memory-backend=mem' : 'q35';
   return [
-    '-M', machine, '-accel', accel, ...(cpu ? ['-cpu', cpu] : []),
+    '-M', machine, '-accel', accel === 'tcg' && tbSizeMiB ? `tcg,tb-size=${tbSizeMiB}` : accel,
+    ...(cpu ? ['-cpu', cpu] : []), ...(bios ? ['-bios', bios] : []),
     '-m', String(memMiB), '-smp', '1',
     ...(memFile ? ['-object', `memory-backend-file,id=mem,size=${memMiB}M,mem-path=${memFile},share=${share ? 'on' : 'off'}`] : []),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
@@ -34,6 +39,7 @@ export function qemuArgs({
     '-device', 'virtio-serial-pci',
     '-chardev', `socket,id=agent,path=${dir}/agent.sock,server=on,wait=off`,
     '-device', 'virtserialport,chardev=agent,name=microvms.agent',
+    ...(balloon ? ['-device', 'virtio-balloon-pci,free-page-reporting=on'] : []),
     '-qmp', `unix:${dir}/qmp.sock,server=on,wait=off`,
     ...(incoming ? ['-incoming', 'defer'] : []),
   ];

@@ -4,7 +4,7 @@
 # Drivers the guest needs, in load order (dependencies are resolved from
 # modules.dep as well). Debian's cloud kernel builds all of them as modules.
 MICROVMS_MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
-failover net_failover virtio_net virtio_console virtio_blk virtio_rng"
+failover net_failover virtio_net virtio_console virtio_blk virtio_rng virtio_balloon"
 
 # Prints the release of the kernel to boot: $MICROVMS_KERNEL_RELEASE, or the
 # newest installed linux-image-cloud-amd64 kernel.

@@ -110,7 +110,7 @@ inodes=$(find "$root" | wc -l)
 size_mb=$((size_kb * 11 / 10 / 1024 + 4 + free_mb))
 rm -f "$out"
 mkfs.ext4 -q -F -L microvms-root -b 4096 -N $((inodes + 4096)) \
-	-E root_owner=0:0 -d "$root" "$out" "${size_mb}M"
+	-E root_owner=0:0 -d "$root" "$out" "${size_mb}M" > /dev/null
 
 if [ "$(id -u)" != 0 ]; then
 	(cd "$root" && find . -mindepth 1) | sed 's|^\.||' |
