@@ -291,16 +291,14 @@ static struct {
 /* Outside the initialized struct, so they stay in .bss and out of the binary. */
 static char chan_out[OUT_CAP], chan_in[IN_CAP];
 
-static bool out_put(const char *p, size_t n, size_t reserve)
+/* The caller has checked that n bytes fit. */
+static void out_put(const char *p, size_t n)
 {
-	if (n + reserve > OUT_CAP - chan.out_len)
-		return false;
 	size_t tail = (chan.out_head + chan.out_len) % OUT_CAP;
 	size_t first = n < OUT_CAP - tail ? n : OUT_CAP - tail;
 	memcpy(chan_out + tail, p, first);
 	memcpy(chan_out, p + first, n - first);
 	chan.out_len += n;
-	return true;
 }
 
 static void channel_write_some(void)
@@ -322,36 +320,38 @@ static void channel_write_some(void)
 	}
 }
 
-/* Queues "<kind> <escaped payload>\n". */
+/* Queues "<kind> <escaped payload>\n", after the count of dropped frames if any. */
 static void send_frame(const char *kind, const char *payload, size_t n)
 {
 	static char frame[32 + 4 * LINE_CAP + 1];
 	bool output = strcmp(kind, "stdout") == 0 || strcmp(kind, "stderr") == 0 ||
 		      strcmp(kind, "log") == 0;
-	size_t reserve = output ? CONTROL_RESERVE : 0;
 	if (chan.fd < 0)
 		return;
 	if (n > LINE_CAP)
 		n = LINE_CAP;
-	if (chan.dropped > 0) {
-		char note[48];
-		int len = snprintf(note, sizeof note, "dropped %llu\n",
-				   (unsigned long long)chan.dropped);
-		if (out_put(note, (size_t)len, reserve)) {
-			chan.dropped = 0;
-		} else if (output) {
-			chan.dropped++;
-			return;
-		}
-	}
 	size_t len = (size_t)snprintf(frame, 32, "%s", kind);
 	if (payload) {
 		frame[len++] = ' ';
 		len += escape(frame + len, payload, n);
 	}
 	frame[len++] = '\n';
-	if (!out_put(frame, len, reserve))
+
+	/* The note goes out only with the frame after it, so a slow drain yields one note. */
+	char note[48];
+	size_t note_len = 0;
+	if (chan.dropped > 0)
+		note_len = (size_t)snprintf(note, sizeof note, "dropped %llu\n",
+					    (unsigned long long)chan.dropped);
+	if (note_len + len + (output ? CONTROL_RESERVE : 0) > OUT_CAP - chan.out_len) {
 		chan.dropped++;
+		return;
+	}
+	if (note_len) {
+		out_put(note, note_len);
+		chan.dropped = 0;
+	}
+	out_put(frame, len);
 	channel_write_some();
 }
 

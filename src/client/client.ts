@@ -56,7 +56,7 @@ export class MicrovmsClient {
   private readonly signer: SignatureV4;
   private readonly url: URL;
 
-  constructor(private readonly options: ClientOptions) {
+  constructor(options: ClientOptions) {
     this.model = options.model ?? loadServiceModel();
     this.url = new URL(options.endpoint);
     this.signer = new SignatureV4({

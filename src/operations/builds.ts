@@ -4,7 +4,7 @@ import type { BuildRecord, ImageRecord } from "../store/records.js";
 import { buildCursor } from "../store/store.js";
 import type { OperationHandlers, Services } from "./context.js";
 import { imageArn } from "./identifiers.js";
-import { DEFAULT_MAX_RESULTS, listScope } from "./pagination.js";
+import { DEFAULT_MAX_RESULTS, listResponse, listScope } from "./pagination.js";
 import { resolveImage, resolveVersion } from "./resolve.js";
 
 /** Builds of a version, one per CPU configuration: GetMicrovmImageBuild, ListMicrovmImageBuilds. */
@@ -57,11 +57,7 @@ export function buildHandlers(services: Services): Pick<OperationHandlers, "GetM
         after: paginator.decode(scope, input.nextToken),
         limit: input.maxResults ?? DEFAULT_MAX_RESULTS,
       });
-      const last = page.items[page.items.length - 1];
-      return {
-        items: page.items.map((b) => buildSummary(image, b)),
-        nextToken: page.more && last ? paginator.encode(scope, buildCursor(last)) : undefined,
-      };
+      return listResponse(paginator, scope, page, buildCursor, (b) => buildSummary(image, b));
     },
   };
 }

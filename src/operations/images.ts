@@ -2,6 +2,8 @@ import type {
   CreateMicrovmImageRequest,
   CreateMicrovmImageResponse,
   CpuConfiguration,
+  GetMicrovmImageResponse,
+  MicrovmImageSummary,
   UpdateMicrovmImageRequest,
 } from "../api/generated/types.js";
 import { conflict, notFound, validation } from "../api/errors.js";
@@ -12,7 +14,7 @@ import { imageCursor, type Store } from "../store/store.js";
 import type { OperationHandlers, Services } from "./context.js";
 import { imageArn, imageNameOf, managedImageArn, newBuildId, newImageId, parseImageArn } from "./identifiers.js";
 import { oncePerClientToken } from "./idempotency.js";
-import { DEFAULT_MAX_RESULTS, listScope } from "./pagination.js";
+import { DEFAULT_MAX_RESULTS, listResponse, listScope } from "./pagination.js";
 import { resolveImage } from "./resolve.js";
 import { checkTags } from "./tags.js";
 
@@ -163,13 +165,11 @@ async function addVersion(
   return { version, builds };
 }
 
-/** The response of CreateMicrovmImage and UpdateMicrovmImage: the image with the version just started. */
-function imageWithVersion(image: ImageRecord, version: VersionRecord): CreateMicrovmImageResponse {
+/** An image as GetMicrovmImage shows it (list summaries are the subset their shape declares). */
+function imageDetail(image: ImageRecord): GetMicrovmImageResponse & MicrovmImageSummary {
   return {
-    ...version.config,
     createdAt: image.createdAt,
     imageArn: imageArn(image, image.name),
-    imageVersion: String(version.version),
     latestActiveImageVersion: image.latestActiveVersion?.toString(),
     latestFailedImageVersion: image.latestFailedVersion?.toString(),
     name: image.name,
@@ -177,6 +177,11 @@ function imageWithVersion(image: ImageRecord, version: VersionRecord): CreateMic
     tags: image.tags,
     updatedAt: image.updatedAt,
   };
+}
+
+/** The response of CreateMicrovmImage and UpdateMicrovmImage: the image with the version just started. */
+function imageWithVersion(image: ImageRecord, version: VersionRecord): CreateMicrovmImageResponse {
+  return { ...version.config, ...imageDetail(image), imageVersion: String(version.version) };
 }
 
 export function imageHandlers(services: Services): Pick<
@@ -221,17 +226,7 @@ export function imageHandlers(services: Services): Pick<
     },
 
     async GetMicrovmImage(input, { owner }) {
-      const image = await resolveImage(store, owner, input.imageIdentifier);
-      return {
-        createdAt: image.createdAt,
-        imageArn: imageArn(image, image.name),
-        latestActiveImageVersion: image.latestActiveVersion?.toString(),
-        latestFailedImageVersion: image.latestFailedVersion?.toString(),
-        name: image.name,
-        state: image.state,
-        tags: image.tags,
-        updatedAt: image.updatedAt,
-      };
+      return imageDetail(await resolveImage(store, owner, input.imageIdentifier));
     },
 
     async ListMicrovmImages(input, { owner }) {
@@ -241,18 +236,7 @@ export function imageHandlers(services: Services): Pick<
         after: paginator.decode(scope, input.nextToken),
         limit: input.maxResults ?? DEFAULT_MAX_RESULTS,
       });
-      const last = page.items[page.items.length - 1];
-      return {
-        items: page.items.map((image) => ({
-          createdAt: image.createdAt,
-          imageArn: imageArn(image, image.name),
-          latestActiveImageVersion: image.latestActiveVersion?.toString(),
-          latestFailedImageVersion: image.latestFailedVersion?.toString(),
-          name: image.name,
-          state: image.state,
-        })),
-        nextToken: page.more && last ? paginator.encode(scope, imageCursor(last)) : undefined,
-      };
+      return listResponse(paginator, scope, page, imageCursor, imageDetail);
     },
 
     async DeleteMicrovmImage(input, { owner }) {

@@ -6,7 +6,7 @@ import type { OperationHandlers, Services } from "./context.js";
 import { imageArn, newMicrovmId, parseVersion } from "./identifiers.js";
 import { oncePerClientToken } from "./idempotency.js";
 import { checkConnectors, EGRESS_CONNECTORS, INGRESS_CONNECTORS } from "./images.js";
-import { DEFAULT_MAX_RESULTS, listScope } from "./pagination.js";
+import { DEFAULT_MAX_RESULTS, listResponse, listScope } from "./pagination.js";
 import { resolveImage, resolveVersion } from "./resolve.js";
 
 /**
@@ -143,17 +143,13 @@ export function microvmHandlers(services: Services): Pick<
         after: paginator.decode(scope, input.nextToken),
         limit: input.maxResults ?? DEFAULT_MAX_RESULTS,
       });
-      const last = page.items[page.items.length - 1];
-      return {
-        items: page.items.map((m) => ({
-          imageArn: imageArn(m, m.imageName),
-          imageVersion: String(m.imageVersion),
-          microvmId: m.microvmId,
-          startedAt: m.startedAt ?? m.createdAt,
-          state: m.state,
-        })),
-        nextToken: page.more && last ? paginator.encode(scope, microvmCursor(last)) : undefined,
-      };
+      return listResponse(paginator, scope, page, microvmCursor, (m) => ({
+        imageArn: imageArn(m, m.imageName),
+        imageVersion: String(m.imageVersion),
+        microvmId: m.microvmId,
+        startedAt: m.startedAt ?? m.createdAt,
+        state: m.state,
+      }));
     },
 
     async SuspendMicrovm(input, { owner }) {

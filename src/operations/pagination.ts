@@ -1,5 +1,6 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { validation } from "../api/errors.js";
+import type { Page } from "../store/records.js";
 import type { Cursor } from "../store/store.js";
 
 /**
@@ -35,6 +36,21 @@ export class Paginator {
     if (!Array.isArray(cursor) || !cursor.every((v) => typeof v === "string" || typeof v === "number")) throw invalid();
     return cursor as Cursor;
   }
+}
+
+/** A list operation's response: the page's items and, when more follow, the token for the next page. */
+export function listResponse<T, I>(
+  paginator: Paginator,
+  scope: string,
+  page: Page<T>,
+  cursorOf: (item: T) => Cursor,
+  render: (item: T) => I,
+): { items: I[]; nextToken?: string } {
+  const last = page.items[page.items.length - 1];
+  return {
+    items: page.items.map(render),
+    nextToken: page.more && last !== undefined ? paginator.encode(scope, cursorOf(last)) : undefined,
+  };
 }
 
 /** The scope a token is bound to: the list's operation, owner and every filter. */

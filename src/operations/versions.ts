@@ -5,7 +5,7 @@ import { versionCursor } from "../store/store.js";
 import type { OperationHandlers, Services } from "./context.js";
 import { imageArn, parseVersion } from "./identifiers.js";
 import { refuseWhileBuilding } from "./images.js";
-import { DEFAULT_MAX_RESULTS, listScope } from "./pagination.js";
+import { DEFAULT_MAX_RESULTS, listResponse, listScope } from "./pagination.js";
 import { resolveImage, resolveVersion } from "./resolve.js";
 
 /**
@@ -45,11 +45,7 @@ export function versionHandlers(services: Services): Pick<
         after: paginator.decode(scope, input.nextToken),
         limit: input.maxResults ?? DEFAULT_MAX_RESULTS,
       });
-      const last = page.items[page.items.length - 1];
-      return {
-        items: page.items.map((v) => versionDetail(image, v)),
-        nextToken: page.more && last ? paginator.encode(scope, versionCursor(last)) : undefined,
-      };
+      return listResponse(paginator, scope, page, versionCursor, (v) => versionDetail(image, v));
     },
 
     async UpdateMicrovmImageVersion(input, { owner }) {

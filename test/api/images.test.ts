@@ -1,19 +1,12 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { ApiError } from "../../src/client/client.js";
-import { BUSYBOX, imageInput, startTestServer, type TestServer } from "../support/server.js";
+import { BUSYBOX, imageInput, rejectsWith, startTestServer, type TestServer } from "../support/server.js";
 
 let t: TestServer;
 before(async () => (t = await startTestServer()));
 after(() => t.stop());
 
-const rejects = (promise: Promise<unknown>, status: number, errorType: string, message?: RegExp) =>
-  assert.rejects(promise, (e: unknown) => {
-    assert.ok(e instanceof ApiError, String(e));
-    assert.deepEqual([e.status, e.errorType], [status, errorType]);
-    if (message) assert.match(String(e.body.message), message);
-    return true;
-  });
+const rejects = rejectsWith;
 
 describe("CreateMicrovmImage and GetMicrovmImage", () => {
   it("creates an image, version 1 and its builds, answering 201", async () => {

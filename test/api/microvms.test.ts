@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { ApiError } from "../../src/client/client.js";
 import { TokenAuthority } from "../../src/tokens/endpoint-token.js";
-import { eventually, imageInput, startTestServer, type TestServer } from "../support/server.js";
+import { eventually, imageInput, rejectsWith, startTestServer, type TestServer } from "../support/server.js";
 
 let t: TestServer;
 before(async () => {
@@ -11,13 +10,7 @@ before(async () => {
 });
 after(() => t.stop());
 
-const rejects = (promise: Promise<unknown>, status: number, errorType: string, message?: RegExp) =>
-  assert.rejects(promise, (e: unknown) => {
-    assert.ok(e instanceof ApiError, String(e));
-    assert.deepEqual([e.status, e.errorType], [status, errorType]);
-    if (message) assert.match(String(e.body.message), message);
-    return true;
-  });
+const rejects = rejectsWith;
 
 const run = (extra: Record<string, unknown> = {}) => t.client.call("RunMicrovm", { imageIdentifier: "app", ...extra });
 

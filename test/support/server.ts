@@ -2,7 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
-import { MicrovmsClient } from "../../src/client/client.js";
+import assert from "node:assert/strict";
+import { ApiError, MicrovmsClient } from "../../src/client/client.js";
 import { resolveConfig } from "../../src/config.js";
 import { startServer, type RunningServer } from "../../src/server.js";
 
@@ -64,4 +65,14 @@ export function imageInput(name: string, extra: Record<string, unknown> = {}) {
     codeArtifact: { uri: "file:///tmp/app.zip" },
     ...extra,
   };
+}
+
+/** Asserts that a client call fails with this status and error type (and message). */
+export function rejectsWith(promise: Promise<unknown>, status: number, errorType: string, message?: RegExp): Promise<void> {
+  return assert.rejects(promise, (e: unknown) => {
+    assert.ok(e instanceof ApiError, String(e));
+    assert.deepEqual([e.status, e.errorType], [status, errorType]);
+    if (message) assert.match(String(e.body.message), message);
+    return true;
+  });
 }
