@@ -3,15 +3,16 @@
 // with x-ignore-shared). Needs the images run-demo.sh builds.
 //   node bench.mjs --kernel K --initrd I --rootfs R --dir D [--runs 3] [--only boot,kvm,snapshot]
 import { parseArgs } from 'node:util';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, rmSync, statSync, copyFileSync, readFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, createHash } from 'node:crypto';
 import { qemuArgs, startQemu, Qmp, AgentChannel, httpGet, rssMiB, processGone, sleep } from './qemu.mjs';
 
 const { values: opt } = parseArgs({
   options: {
     kernel: { type: 'string' }, initrd: { type: 'string' }, rootfs: { type: 'string' },
     dir: { type: 'string' }, runs: { type: 'string', default: '3' },
-    only: { type: 'string', default: 'boot,memory,kvm,snapshot' },
+    only: { type: 'string', default: 'boot,memory,kvm,snapshot,clones' },
   },
 });
 const only = new Set(opt.only.split(','));
@@ -180,6 +181,47 @@ restored QEMU RSS: ${rss} MiB${fileRam ? ` (the RAM file's page cache is shared 
   await stop({ qemu, qmp });
 }
 
+/**
+ * Several MicroVMs restored at once from one file-backed snapshot (share=off:
+ * private copy-on-write mappings); each gets a qcow2 overlay on the disk as it
+ * was at snapshot time. The RAM file and the base disk must come out unchanged.
+ */
+async function benchClones(count = 3) {
+  console.log(`\n### ${count} concurrent restores of one memory-backend-file snapshot`);
+  const memMiB = 256;
+  const base = vmDir();
+  const memFile = `${base}/ram`;
+  const vm = await boot({ memMiB, memFile, share: true, tbSizeMiB: 32 });
+  await vm.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+  await vm.qmp.execute('stop');
+  await vm.qmp.execute('migrate', { uri: `exec:cat > ${base}/state` });
+  await vm.qmp.waitMigration();
+  await stop(vm);
+  const digest = () => [memFile, vm.rootfs].map((f) => createHash('sha256').update(readFileSync(f)).digest('hex').slice(0, 12)).join();
+  const before = digest();
+  const t0 = performance.now();
+  const clones = await Promise.all(Array.from({ length: count }, async () => {
+    const dir = vmDir();
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', vm.rootfs, '-F', 'raw', `${dir}/root.qcow2`]);
+    const qemu = startQemu(qemuArgs({
+      kernel: opt.kernel, initrd: opt.initrd, rootfs: `${dir}/root.qcow2`, diskFormat: 'qcow2', dir, memMiB, memFile,
+      share: false, incoming: true, tbSizeMiB: 32,
+    }));
+    const [qmp, agent] = await Promise.all([Qmp.connect(`${dir}/qmp.sock`), AgentChannel.connect(`${dir}/agent.sock`)]);
+    await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+    await qmp.execute('migrate-incoming', { uri: `exec:cat ${base}/state` });
+    await qmp.waitMigration();
+    await qmp.execute('cont');
+    await agent.resync();
+    const res = await httpGet(await qmp.forwardedPort());
+    return { qemu, qmp, agent, ms: performance.now() - t0, status: res.status };
+  }));
+  await sleep(500);
+  console.log(clones.map((c, i) => `clone ${i}: HTTP ${c.status} at ${ms(c.ms)} ms, RSS ${rssMiB(c.qemu.pid)} MiB`).join('\n'));
+  await Promise.all(clones.map((c) => stop(c)));
+  console.log(`RAM file and base disk unchanged: ${digest() === before}`);
+}
+
 if (only.has('boot')) await benchBoot();
 if (only.has('memory')) await benchMemory();
 if (only.has('kvm')) await benchKvm();
@@ -188,4 +230,7 @@ if (only.has('snapshot')) {
   await snapshotRestore();
   await snapshotRestore({ balloon: true });
   await snapshotRestore({ fileRam: true });
+}
+if (only.has('clones')) {
+  await benchClones();
 }

@@ -17,9 +17,10 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * balloon: virtio-balloon free page reporting, so memory the guest frees
  * (e.g. the kernel's decompression buffers) goes back to the host.
  * bios: firmware image, e.g. /usr/share/qemu/qboot.rom instead of SeaBIOS.
+ * diskFormat: 'qcow2' for a per-VM overlay on the image's (read-only) disk.
  */
 export function qemuArgs({
-  kernel, initrd, rootfs, dir, memMiB = 256, accel = 'tcg', cpu, tbSizeMiB, balloon = false, bios,
+  kernel, initrd, rootfs, dir, memMiB = 256, accel = 'tcg', cpu, tbSizeMiB, balloon = false, bios, diskFormat = 'raw',
   cmdline = 'console=ttyS0 root=/dev/vda rw panic=-1 quiet',
   guestPort = 8080, hostPort = 0, memFile, share = true, incoming = false,
 }) {
@@ -32,7 +33,7 @@ export function qemuArgs({
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-kernel', kernel, '-initrd', initrd, '-append', cmdline,
     '-serial', `file:${dir}/console.log`,
-    '-drive', `file=${rootfs},format=raw,if=none,id=root`,
+    '-drive', `file=${rootfs},format=${diskFormat},if=none,id=root`,
     '-device', 'virtio-blk-pci,drive=root',
     '-netdev', `user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:${hostPort}-:${guestPort}`,
     '-device', 'virtio-net-pci,netdev=net0',
