@@ -4,9 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# qemu-system-x86, qemu-utils: the VM driver (QEMU, and qemu-img for per-MicroVM disk overlays).
+# linux-image-cloud-amd64: the guest kernel (installed for its /boot/vmlinuz and modules, never booted by the host).
+# musl-tools: builds the guest agent, a static binary. busybox-static: the busybox base image and the initramfs's cpio.
+# e2fsprogs: mkfs.ext4 -d makes image disks without mounting. debootstrap: the Debian base images.
 # awscli: conformance tests drive the server with the stock AWS CLI v2.
 # postgresql: the store suite also runs against PostgreSQL.
-packages=(awscli postgresql)
+packages=(qemu-system-x86 qemu-utils linux-image-cloud-amd64 musl-tools busybox-static e2fsprogs debootstrap awscli postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,3 +32,5 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 npm run --silent build
+# The guest agent (C, musl, static): PID 1 of every MicroVM.
+make -s -C guest/agent OUT="$PWD/build/guest"

@@ -18,11 +18,26 @@ export interface ServerConfig {
   logLevel: string;
   /** MicroVMs that are not TERMINATED, per account and region. */
   maxLiveMicrovms: number;
+  /** What runs MicroVMs: QEMU, or nothing (a control plane alone, where QEMU cannot run). */
+  driver: "qemu" | "none";
+  /** KVM or TCG, or "auto": KVM when a probe VM boots under it. */
+  accel: "auto" | "kvm" | "tcg";
+  /** Built base images, the guest initramfs and the acceleration verdict: shareable between data directories. */
+  cacheDir: string;
+  maxConcurrentBuilds: number;
+  /** How long a MicroVM's application may take to listen on its port once its VM starts. */
+  startTimeoutSeconds: number;
 }
 
 export const defaultDataDir = () => join(homedir(), ".local", "share", "microvms");
 
 type Env = Record<string, string | undefined>;
+
+function oneOf<T extends string>(name: string, text: string | undefined, allowed: readonly T[], fallback: T): T {
+  if (text === undefined || text === "") return fallback;
+  if (!(allowed as readonly string[]).includes(text)) throw new Error(`${name} must be one of ${allowed.join(", ")}, got '${text}'`);
+  return text as T;
+}
 
 function intSetting(name: string, text: string | undefined, fallback: number, min: number, max: number): number {
   if (text === undefined || text === "") return fallback;
@@ -42,7 +57,13 @@ export function resolveConfig(flags: Partial<Record<keyof ServerConfig, string>>
     accountsFile: pick("accountsFile", "MICROVMS_ACCOUNTS_FILE") || undefined,
     logLevel: pick("logLevel", "MICROVMS_LOG_LEVEL") || "info",
     maxLiveMicrovms: intSetting("max live MicroVMs", pick("maxLiveMicrovms", "MICROVMS_MAX_LIVE_MICROVMS"), 100, 1, 100_000),
+    driver: oneOf("driver", pick("driver", "MICROVMS_DRIVER"), ["qemu", "none"], "qemu"),
+    accel: oneOf("acceleration", pick("accel", "MICROVMS_ACCEL"), ["auto", "kvm", "tcg"], "auto"),
+    cacheDir: pick("cacheDir", "MICROVMS_CACHE_DIR") || "",
+    maxConcurrentBuilds: intSetting("max concurrent builds", pick("maxConcurrentBuilds", "MICROVMS_MAX_CONCURRENT_BUILDS"), 2, 1, 64),
+    startTimeoutSeconds: intSetting("start timeout", pick("startTimeoutSeconds", "MICROVMS_START_TIMEOUT_SECONDS"), 120, 1, 3600),
   };
+  if (!config.cacheDir) config.cacheDir = join(config.dataDir, "cache");
   if (!config.accountsFile) config.accountsFile = join(config.dataDir, "accounts.json");
   return config;
 }

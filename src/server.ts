@@ -8,7 +8,7 @@ import { SigV4Verifier } from "./api/sigv4.js";
 import type { ServerConfig } from "./config.js";
 import type { Engine } from "./engine/engine.js";
 import { MicrovmLifecycle } from "./engine/lifecycle.js";
-import { NoDriverEngine } from "./engine/no-driver-engine.js";
+import { createEngine } from "./engine/create-engine.js";
 import type { Services } from "./operations/context.js";
 import { createHandlers } from "./operations/index.js";
 import { recordManagedImages } from "./operations/managed-images.js";
@@ -17,13 +17,17 @@ import { detectHostPlatform } from "./platform.js";
 import { openStore } from "./store/open.js";
 import type { Store } from "./store/store.js";
 import { TokenAuthority } from "./tokens/endpoint-token.js";
+import { startEndpointProxy, type RunningEndpointProxy } from "./proxy/endpoint-proxy.js";
 
 /**
  * `microvms serve`: one process holding every part.
  *
  *   config ─► store (open, migrate) ─► keys ─► engine (reconcile what a previous run left)
- *          ─► control API on host:apiPort
+ *          ─► endpoint proxy on host:proxyPort ─► control API on host:apiPort
  */
+
+/** Endpoints are https://{microvmId}.microvms.localhost:{proxy port}: every *.localhost name reaches loopback. */
+const ENDPOINT_DOMAIN = "microvms.localhost";
 
 /** How long a clientToken answers retries with its first result, as AWS keeps them. */
 const CLIENT_TOKEN_TTL_MS = 24 * 3600 * 1000;
@@ -32,6 +36,8 @@ export interface RunningServer {
   api: FastifyInstance;
   /** The control API's base URL, e.g. http://127.0.0.1:9600. */
   apiUrl: string;
+  /** The endpoint proxy's URL, e.g. http://127.0.0.1:9601. */
+  proxyUrl: string;
   store: Store;
   engine: Engine;
   log: Logger;
@@ -49,14 +55,15 @@ export async function startServer(config: ServerConfig, log: Logger = pino({ lev
   try {
     const now = () => new Date();
     const lifecycle = new MicrovmLifecycle(store, now);
-    const engine = new NoDriverEngine(store, lifecycle, log.child({ part: "engine" }));
+    const platform = detectHostPlatform();
+    const engine = await createEngine({ config, store, lifecycle, platform, log: log.child({ part: "engine" }), now });
     const services: Services = {
       store,
       engine,
       lifecycle,
       paginator: new Paginator(await signingKey(store, "pagination-key")),
       tokens: new TokenAuthority(await signingKey(store, "endpoint-token-key")),
-      platform: detectHostPlatform(),
+      platform,
       limits: { maxLiveMicrovms: config.maxLiveMicrovms },
       endpointDomain: `microvms.localhost:${config.proxyPort}`,
       now,
@@ -67,11 +74,27 @@ export async function startServer(config: ServerConfig, log: Logger = pino({ lev
 
     const verifier = new SigV4Verifier({ accounts, signingName: model.metadata.signingName });
     const api = buildApi({ model, handlers: createHandlers(services), verifier, log: log.child({ part: "api" }) });
+    const proxy = await startEndpointProxy({
+      host: config.host,
+      port: config.proxyPort,
+      tokens: services.tokens,
+      targets: {
+        findMicrovm: (owner, microvmId) => store.findMicrovm(owner, microvmId),
+        connect: (microvmId, guestPort) => engine.connect(microvmId, guestPort),
+        activity: (microvmId) => engine.activity(microvmId),
+      },
+      log: log.child({ part: "proxy" }),
+      domain: ENDPOINT_DOMAIN,
+    });
+    services.endpointDomain = `${ENDPOINT_DOMAIN}:${proxy.port}`;
     await api.listen({ host: config.host, port: config.apiPort });
     const address = api.server.address();
     const port = typeof address === "object" && address ? address.port : config.apiPort;
     const apiUrl = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${port}`;
-    log.info({ apiUrl, dataDir: config.dataDir, store: config.databaseUrl ? "postgres" : "sqlite", engine: engine.description }, "microvms serving");
+    log.info(
+      { apiUrl, proxyUrl: proxy.url, dataDir: config.dataDir, store: config.databaseUrl ? "postgres" : "sqlite", engine: engine.description },
+      "microvms serving",
+    );
 
     return {
       api,
@@ -79,8 +102,10 @@ export async function startServer(config: ServerConfig, log: Logger = pino({ lev
       store,
       engine,
       log,
+      proxyUrl: proxy.url,
       async close() {
         await api.close();
+        await proxy.close();
         await engine.close();
         await store.close();
       },

@@ -2,6 +2,7 @@
 import { Command } from "commander";
 import { resolveConfig, defaultDataDir } from "../config.js";
 import { startServer } from "../server.js";
+import { baseCommand } from "./base.js";
 
 /** The `microvms` command line. */
 const program = new Command("microvms").description("Self-hosted AWS Lambda MicroVMs");
@@ -33,6 +34,7 @@ program
     process.once("SIGTERM", () => stop("SIGTERM"));
   });
 
+program.addCommand(baseCommand());
 program.parseAsync(process.argv).catch((error: unknown) => {
   console.error(`microvms: ${error instanceof Error ? error.message : String(error)}`);
   process.exit(1);

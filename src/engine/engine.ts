@@ -22,6 +22,10 @@ export interface Engine {
   terminateMicrovm(microvm: MicrovmRecord): void;
   /** A build was recorded PENDING: run it and record its outcome. */
   startBuild(build: BuildRecord): void;
+  /** Where the endpoint proxy reaches `guestPort` of the MicroVM's VM; throws TargetUnavailable when no VM runs. */
+  connect(microvmId: string, guestPort: number): Promise<{ host: string; port: number }>;
+  /** Traffic through the endpoint: the idle policy's clock. */
+  activity(microvmId: string): void;
   /** On start: settle every intent left by a previous run of the server. */
   reconcile(): Promise<void>;
   /** Stops accepting work and waits for what is under way to settle. */

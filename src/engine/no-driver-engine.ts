@@ -1,6 +1,7 @@
 import type { Logger } from "pino";
 import type { BuildRecord, MicrovmRecord } from "../store/records.js";
 import type { Store } from "../store/store.js";
+import { TargetUnavailable } from "../proxy/targets.js";
 import type { Engine } from "./engine.js";
 import type { MicrovmLifecycle } from "./lifecycle.js";
 
@@ -41,6 +42,12 @@ export class NoDriverEngine implements Engine {
   startBuild(build: BuildRecord): void {
     this.log.info({ buildId: build.buildId }, "no VM driver: build stays PENDING");
   }
+
+  async connect(microvmId: string): Promise<never> {
+    throw new TargetUnavailable(microvmId, `MicroVM ${microvmId} has no VM: this server runs without a VM driver.`);
+  }
+
+  activity(): void {}
 
   async reconcile(): Promise<void> {
     for (const microvm of await this.store.microvmsInState(["TERMINATING"])) await this.finishTermination(microvm);

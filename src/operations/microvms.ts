@@ -60,7 +60,7 @@ async function versionToRun(store: Store, image: ImageRecord, asked: string | un
       throw conflict(
         "MicrovmImageVersion",
         asked,
-        `Version ${asked} of MicroVM image ${image.name} failed to build: ${version.stateReason ?? "see its builds"}.`,
+        `Version ${asked} of MicroVM image ${image.name} failed to build: ${version.stateReason?.replace(/\.$/, "") ?? "see its builds"}.`,
       );
     }
     return version;

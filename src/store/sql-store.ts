@@ -167,6 +167,11 @@ export class SqlStore implements Store {
     return rows[0] && toImage(rows[0]);
   }
 
+  async findImageById(imageId: string): Promise<ImageRecord | undefined> {
+    const rows = await this.db.query(`SELECT ${IMAGE_COLUMNS} FROM images i WHERE i.image_id = ?`, [imageId]);
+    return rows[0] && toImage(rows[0]);
+  }
+
   async findDeletedImage(owner: Owner, name: string): Promise<ImageRecord | undefined> {
     const rows = await this.db.query(
       `SELECT ${IMAGE_COLUMNS} FROM images i WHERE i.account_id = ? AND i.region = ? AND i.name = ? AND i.deleted_at IS NOT NULL

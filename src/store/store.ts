@@ -27,6 +27,8 @@ export interface Store {
   /** Inserts a new image; false when the owner already has a live image of that name. */
   insertImage(image: ImageRecord): Promise<boolean>;
   findImage(owner: Owner, name: string): Promise<ImageRecord | undefined>;
+  /** An image by its internal id, deleted or not (for the engine and the builder). */
+  findImageById(imageId: string): Promise<ImageRecord | undefined>;
   /** The most recently deleted image of that name, to answer repeated deletes. */
   findDeletedImage(owner: Owner, name: string): Promise<ImageRecord | undefined>;
   listImages(owner: Owner, query: { nameFilter?: string; after?: Cursor; limit: number }): Promise<Page<ImageRecord>>;

@@ -18,7 +18,7 @@ describe("RunMicrovm and GetMicrovm", () => {
   it("records a MicroVM that stays PENDING without a VM driver, with its endpoint and defaults", async () => {
     const m = await run({ idlePolicy: { autoResumeEnabled: true, maxIdleDurationSeconds: 60, suspendedDurationSeconds: 0 }, runHookPayload: "{}" });
     assert.match(String(m.microvmId), /^mvm-[0-9a-f]{17}$/);
-    assert.equal(m.endpoint, `https://${m.microvmId}.microvms.localhost:9601`);
+    assert.equal(m.endpoint, `https://${m.microvmId}.microvms.localhost:${new URL(t.server.proxyUrl).port}`);
     assert.deepEqual([m.state, m.imageVersion, m.maximumDurationInSeconds], ["PENDING", "1", 28800]);
     assert.equal(m.imageArn, "arn:aws:lambda:us-east-1:000000000000:microvm-image:app");
     assert.equal("runHookPayload" in m, false);

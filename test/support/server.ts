@@ -5,6 +5,7 @@ import { pino } from "pino";
 import assert from "node:assert/strict";
 import { ApiError, MicrovmsClient } from "../../src/client/client.js";
 import { resolveConfig } from "../../src/config.js";
+import { projectRoot } from "../../src/paths.js";
 import { startServer, type RunningServer } from "../../src/server.js";
 
 /** A real server on a free port with its own data directory, and a client for it. */
@@ -17,6 +18,10 @@ export interface TestServer {
   stop(): Promise<void>;
 }
 
+/**
+ * Without a VM driver by default: the API suites test the control plane, and
+ * MicroVMs there stay PENDING. `startVmTestServer` runs real QEMU guests.
+ */
 export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
   const dataDir = mkdtempSync(join(tmpdir(), "microvms-test-"));
   const accountsFile = join(dataDir, "accounts.json");
@@ -29,7 +34,7 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
       ],
     }),
   );
-  const config = resolveConfig({ dataDir, apiPort: "0", accountsFile }, { ...env });
+  const config = resolveConfig({ dataDir, apiPort: "0", proxyPort: "0", accountsFile }, { MICROVMS_DRIVER: "none", ...env });
   const server = await startServer(config, pino({ level: process.env.MICROVMS_TEST_LOG_LEVEL ?? "silent" }));
   return {
     server,
@@ -41,6 +46,17 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Base images, the initramfs and the acceleration verdict are shared by every
+ * test server (and kept between runs), so each is built once.
+ */
+export const testCacheDir = process.env.MICROVMS_TEST_CACHE_DIR ?? join(projectRoot, ".cache", "test");
+
+/** A server with the QEMU driver: real guests, under KVM where it works, else TCG. */
+export function startVmTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+  return startTestServer({ MICROVMS_DRIVER: "qemu", MICROVMS_CACHE_DIR: testCacheDir, ...env });
 }
 
 /** Polls `check` until it returns a value, for states the engine reaches on its own. */

@@ -1,0 +1,183 @@
+import { EventEmitter } from "node:events";
+import { mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import type { BaseImages } from "../catalogue/base-images.js";
+import type { GuestAssets } from "../guest/assets.js";
+import { parseImageArn } from "../operations/identifiers.js";
+import type { HostPlatform } from "../platform.js";
+import type { BuildRecord, VersionRecord } from "../store/records.js";
+import type { Store } from "../store/store.js";
+import { ArtifactError, fetchCodeArtifact } from "./artifact.js";
+import { assembleDisk } from "./disk.js";
+
+/**
+ * Builds image versions, one build per CPU configuration, in the background.
+ *
+ *   PENDING ─► IN_PROGRESS: base image (built on first use) ─► code artifact
+ *   laid over it ─► disk.ext4 ─► SUCCESSFUL (snapshotBuild sizes)
+ *                                   └─ any failure ─► FAILED with a stateReason
+ *   after each build: every build of the version settled? ─► version
+ *   SUCCESSFUL/FAILED, image CREATED/UPDATED or CREATE_FAILED/UPDATE_FAILED
+ *
+ * Snapshots and hooks join this pipeline in the snapshot issue; here a build
+ * ends when its disk is assembled. A build cut short by a server restart is
+ * failed by `reconcile`, never left IN_PROGRESS.
+ */
+export interface BuildSettled {
+  build: BuildRecord;
+}
+
+export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
+  private readonly running = new Map<string, Promise<void>>();
+  private queue: Promise<void> = Promise.resolve();
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(
+    private readonly deps: {
+      store: Store;
+      baseImages: BaseImages;
+      assets: () => Promise<GuestAssets>;
+      platform: HostPlatform;
+      dataDir: string;
+      maxConcurrentBuilds: number;
+      log: Logger;
+      now: () => Date;
+    },
+  ) {
+    super();
+  }
+
+  /** The disk a successful build produced. */
+  diskOf(buildId: string): string {
+    return join(this.deps.dataDir, "builds", buildId, "disk.ext4");
+  }
+
+  start(build: BuildRecord): void {
+    if (this.running.has(build.buildId)) return;
+    const work = this.withSlot(() => this.build(build)).finally(() => this.running.delete(build.buildId));
+    this.running.set(build.buildId, work);
+  }
+
+  /** Waits for every build under way (server shutdown). */
+  async idle(): Promise<void> {
+    await Promise.allSettled([...this.running.values()]);
+  }
+
+  /** At most `maxConcurrentBuilds` at once: each holds a disk's worth of staging and, later, a VM. */
+  private async withSlot(work: () => Promise<void>): Promise<void> {
+    if (this.active >= this.deps.maxConcurrentBuilds) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.active++;
+    try {
+      await work();
+    } finally {
+      this.active--;
+      this.waiting.shift()?.();
+    }
+  }
+
+  private async build(build: BuildRecord): Promise<void> {
+    const { store, log } = this.deps;
+    const buildLog = log.child({ buildId: build.buildId, imageId: build.imageId, version: build.version });
+    let outcome: Pick<BuildRecord, "buildState" | "stateReason" | "snapshotBuild">;
+    try {
+      const version = await store.findVersion(build.imageId, build.version);
+      if (!version || version.state === "DELETED" || version.state === "DELETING") return;
+      await this.markInProgress(build);
+      buildLog.info("build started");
+      outcome = { buildState: "SUCCESSFUL", snapshotBuild: await this.assemble(build, version) };
+      buildLog.info({ snapshotBuild: outcome.snapshotBuild }, "build succeeded");
+    } catch (error) {
+      const reason = error instanceof ArtifactError || error instanceof BuildError ? error.message : `Internal error: ${(error as Error).message}`;
+      buildLog.warn({ err: error }, "build failed");
+      outcome = { buildState: "FAILED", stateReason: reason };
+      await rm(join(this.deps.dataDir, "builds", build.buildId), { recursive: true, force: true });
+    }
+    try {
+      await this.settle(build, outcome);
+    } catch (error) {
+      buildLog.error({ err: error }, "could not record the build's outcome");
+    }
+    this.emit("settled", { build: { ...build, ...outcome } });
+  }
+
+  private async markInProgress(build: BuildRecord): Promise<void> {
+    const now = this.deps.now();
+    await this.deps.store.transaction(async (tx) => {
+      await tx.updateBuild(build.buildId, { buildState: "IN_PROGRESS", updatedAt: now });
+      const version = await tx.findVersion(build.imageId, build.version);
+      if (version?.state === "PENDING") await tx.updateVersion(build.imageId, build.version, { state: "IN_PROGRESS", updatedAt: now });
+    });
+  }
+
+  private async assemble(build: BuildRecord, version: VersionRecord) {
+    const { platform } = this.deps;
+    if (build.architecture !== platform.architecture) {
+      throw new BuildError(`This host (${platform.architecture}) cannot build for ${build.architecture}.`);
+    }
+    const config = version.config;
+    const base = parseImageArn(config.baseImageArn);
+    if (!base) throw new BuildError(`The base image ${config.baseImageArn} is not a managed MicroVM image.`);
+    const baseBuild = await this.deps.baseImages.ensure(base.name, config.baseImageVersion ?? "1").catch((error: Error) => {
+      throw new BuildError(`The base image ${base.name} could not be built: ${error.message}`);
+    });
+    const assets = await this.deps.assets();
+    const dir = join(this.deps.dataDir, "builds", build.buildId);
+    await mkdir(dir, { recursive: true });
+    const unprivileged = !config.additionalOsCapabilities?.includes("ALL");
+    const sizes = await assembleDisk({
+      baseRoot: baseBuild.rootDir,
+      agent: assets.agent,
+      agentConfig: {
+        args: ["/var/task/bootstrap"],
+        environment: config.environmentVariables ?? {},
+        workdir: "/var/task",
+        user: unprivileged ? "1000:1000" : "root",
+        readyPort: config.hooks?.port ?? 8080,
+      },
+      staging: join(dir, "root"),
+      disk: this.diskOf(build.buildId),
+      addCode: async (task) => (await fetchCodeArtifact(config.codeArtifact.uri!, task)).sizeInBytes,
+    });
+    return { codeInstallSizeInBytes: sizes.codeSizeInBytes, diskSnapshotSizeInBytes: sizes.diskSizeInBytes, memorySnapshotSizeInBytes: 0 };
+  }
+
+  /** Records the build's outcome and, once every build of its version has settled, the version's and the image's. */
+  private async settle(build: BuildRecord, outcome: Pick<BuildRecord, "buildState" | "stateReason" | "snapshotBuild">): Promise<void> {
+    const now = this.deps.now();
+    await this.deps.store.transaction(async (tx) => {
+      await tx.updateBuild(build.buildId, { ...outcome, updatedAt: now });
+      const builds = (await tx.listBuilds(build.imageId, build.version, { limit: 100 })).items;
+      if (builds.some((b) => b.buildState === "PENDING" || b.buildState === "IN_PROGRESS")) return;
+      const failed = builds.find((b) => b.buildState === "FAILED");
+      const version = await tx.findVersion(build.imageId, build.version);
+      if (!version || version.state === "DELETED" || version.state === "DELETING") return;
+      await tx.updateVersion(build.imageId, build.version, {
+        state: failed ? "FAILED" : "SUCCESSFUL",
+        stateReason: !failed ? undefined : builds.length === 1 ? failed.stateReason : `The ${failed.architecture} build failed: ${failed.stateReason}`,
+        updatedAt: now,
+      });
+      await this.settleImage(tx, build.imageId, !failed, now);
+    });
+  }
+
+  private async settleImage(tx: Store, imageId: string, succeeded: boolean, now: Date): Promise<void> {
+    const image = await tx.findImageById(imageId);
+    if (!image) return;
+    const next = image.state === "CREATING" ? (succeeded ? "CREATED" : "CREATE_FAILED") : image.state === "UPDATING" ? (succeeded ? "UPDATED" : "UPDATE_FAILED") : undefined;
+    if (next) await tx.updateImage(imageId, { state: next, updatedAt: now });
+  }
+
+  /** On start: builds a previous run left IN_PROGRESS are failed (their work is gone); PENDING ones start. */
+  async reconcile(): Promise<void> {
+    for (const build of await this.deps.store.buildsInState(["IN_PROGRESS"])) {
+      await rm(join(this.deps.dataDir, "builds", build.buildId), { recursive: true, force: true });
+      await this.settle(build, { buildState: "FAILED", stateReason: "The build was interrupted by a restart of the service." });
+    }
+    for (const build of await this.deps.store.buildsInState(["PENDING"])) this.start(build);
+  }
+}
+
+/** A build failure whose message is fit for the build's stateReason as it is. */
+export class BuildError extends Error {}

@@ -1,0 +1,59 @@
+/**
+ * A VM driver starts and stops virtual machines; the engine decides which and
+ * when. The first driver is QEMU (src/drivers/qemu); the interface keeps to what
+ * a Firecracker driver could do as well: a kernel, an initramfs, one root disk,
+ * user-mode networking with loopback forwards, and the agent's channel.
+ * Snapshot and restore join it with the snapshot builds.
+ */
+export interface VmSpec {
+  /** Names the VM in logs: a MicroVM id or a build id. */
+  name: string;
+  /** A directory of its own for sockets, the pid file and the console log. Created by the driver, removed by the caller. */
+  runDir: string;
+  kernel: string;
+  initrd: string;
+  /** The root disk: raw, or a qcow2 overlay on the image's disk. */
+  disk: { path: string; format: "raw" | "qcow2" };
+  memoryMiB: number;
+  /** Outbound network access (the INTERNET_EGRESS connector); without it the guest reaches nothing but its forwards. */
+  egress: boolean;
+}
+
+/** How a VM ended: its process's exit, and what the agent last said. */
+export interface VmExit {
+  code: number | null;
+  signal: string | null;
+  /** The application's exit status when the agent reported one before the VM stopped. */
+  applicationExitCode?: number;
+  /** Why, in words, for a MicroVM's stateReason. */
+  reason: string;
+}
+
+export type AgentEvent =
+  | { kind: "stdout" | "stderr"; line: string }
+  | { kind: "ready" }
+  | { kind: "exit"; code: number }
+  | { kind: "log" | "error"; text: string };
+
+export interface Vm {
+  readonly name: string;
+  /** The VM's process id, for adoption and accounting. */
+  readonly pid: number;
+  /** Settles when the VM is gone, whatever the reason. Never rejects. */
+  readonly exited: Promise<VmExit>;
+  /** Settles when the application listens on its readiness port; rejects if the VM ends first or `timeoutMs` passes. */
+  whenReady(timeoutMs: number): Promise<void>;
+  /** Everything the agent reports, in order. Output from before the call is not replayed. */
+  onAgentEvent(listener: (event: AgentEvent) => void): void;
+  /** A loopback port forwarded to `guestPort` in the guest (added on first use, then kept). */
+  forward(guestPort: number): Promise<number>;
+  /** Stops the VM: the agent powers it off, or after `graceMs` it is killed. Resolves once the process is gone. */
+  stop(graceMs?: number): Promise<VmExit>;
+}
+
+export interface VmDriver {
+  /** For logs and status output, e.g. "QEMU 7.2.22 (TCG)". */
+  readonly description: string;
+  /** Starts a VM and returns once its process runs and its control channels are connected; cleans up after itself on failure. */
+  start(spec: VmSpec): Promise<Vm>;
+}

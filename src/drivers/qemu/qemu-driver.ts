@@ -1,0 +1,222 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdir, open, readFile } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Logger } from "pino";
+import { AgentChannel, type AgentFrame } from "../../guest/agent-channel.js";
+import { connectWhenListening } from "../../guest/lines.js";
+import type { AgentEvent, Vm, VmDriver, VmExit, VmSpec } from "../driver.js";
+import { forwardedHostPort, qemuArguments, qemuLayout, type Acceleration, type QemuLayout, type QemuMachine } from "./command-line.js";
+import { Qmp } from "./qmp.js";
+
+/**
+ * The QEMU driver.
+ *
+ *   start: mkdir runDir ─► spawn QEMU (own process group, output to qemu.log)
+ *          ─► connect QMP ─► connect the agent's channel ─► Vm
+ *          (any failure: kill the process group, wait for it, throw with QEMU's last words)
+ *   agent: hello ─► send clock and entropy │ ready ─► whenReady() │ exit <code> ─► kept for the reason
+ *   stop:  agent poweroff ─► (grace) QMP quit ─► (1 s) SIGKILL the group ─► exited
+ */
+const CONNECT_TIMEOUT_MS = 15_000;
+const AGENT_TIMEOUT_MS = 10_000;
+
+export const QEMU_BINARY = "qemu-system-x86_64";
+
+export class QemuDriver implements VmDriver {
+  constructor(
+    readonly accel: Acceleration,
+    private readonly version: string,
+    private readonly log: Logger,
+  ) {}
+
+  get description(): string {
+    return `QEMU ${this.version} (${this.accel === "kvm" ? "KVM" : "TCG software emulation"})`;
+  }
+
+  async start(spec: VmSpec): Promise<Vm> {
+    await mkdir(spec.runDir, { recursive: true });
+    const layout = qemuLayout(spec.runDir);
+    const machine: QemuMachine = { ...spec, accel: this.accel, layout };
+    return launch(machine, spec.name, this.log.child({ vm: spec.name }));
+  }
+}
+
+/** Starts QEMU for `machine` and connects to it; shared by the driver and the acceleration probe. */
+export async function launch(machine: QemuMachine, name: string, log: Logger): Promise<QemuVm> {
+  const output = await open(machine.layout.qemuLog, "a");
+  let child: ChildProcess;
+  try {
+    // detached: its own process group, so one signal reaches QEMU and anything it forks,
+    // and so that a later issue's restarts can leave it running.
+    child = spawn(QEMU_BINARY, qemuArguments(machine), { detached: true, stdio: ["ignore", output.fd, output.fd] });
+  } finally {
+    await output.close();
+  }
+  const exit = new Promise<{ code: number | null; signal: string | null }>((resolve) => {
+    child.once("exit", (code, signal) => resolve({ code, signal }));
+    child.once("error", (error) => {
+      log.error({ err: error }, "could not start QEMU");
+      resolve({ code: null, signal: null });
+    });
+  });
+  let gone = false;
+  void exit.then(() => (gone = true));
+
+  let qmp: Qmp | undefined;
+  try {
+    qmp = await Qmp.open(await connectWhenListening(machine.layout.qmpSocket, CONNECT_TIMEOUT_MS, () => gone));
+    const agent = new AgentChannel(await connectWhenListening(machine.layout.agentSocket, CONNECT_TIMEOUT_MS, () => gone));
+    if (child.pid === undefined) throw new Error("QEMU has no pid");
+    log.debug({ pid: child.pid, accel: machine.accel, memoryMiB: machine.memoryMiB }, "QEMU started");
+    return new QemuVm(name, child.pid, qmp, agent, exit, machine.layout, log);
+  } catch (error) {
+    qmp?.close();
+    if (child.pid !== undefined && !gone) killGroup(child.pid);
+    await exit;
+    const detail = await lastLines(machine.layout.qemuLog, 5);
+    throw new Error(`QEMU did not start for ${name}${detail ? `: ${detail}` : ""} (${error instanceof Error ? error.message : String(error)})`);
+  }
+}
+
+function killGroup(pid: number): void {
+  try {
+    process.kill(-pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
+}
+
+async function lastLines(path: string, count: number): Promise<string> {
+  try {
+    return (await readFile(path, "utf8")).trim().split("\n").slice(-count).join(" | ");
+  } catch {
+    return "";
+  }
+}
+
+export class QemuVm implements Vm {
+  readonly exited: Promise<VmExit>;
+  private readonly listeners: ((event: AgentEvent) => void)[] = [];
+  private readonly forwards = new Map<number, Promise<number>>();
+  private ready = false;
+  private readonly readyWaiters: (() => void)[] = [];
+  private applicationExitCode: number | undefined;
+  private stopping = false;
+  private hasExited = false;
+
+  constructor(
+    readonly name: string,
+    readonly pid: number,
+    private readonly qmp: Qmp,
+    readonly agent: AgentChannel,
+    processExit: Promise<{ code: number | null; signal: string | null }>,
+    readonly layout: QemuLayout,
+    private readonly log: Logger,
+  ) {
+    agent.on("frame", (frame) => this.receive(frame));
+    this.exited = processExit.then(async ({ code, signal }) => {
+      this.hasExited = true;
+      qmp.close();
+      agent.close();
+      return { code, signal, applicationExitCode: this.applicationExitCode, reason: await this.exitReason(code, signal) };
+    });
+  }
+
+  private async exitReason(code: number | null, signal: string | null): Promise<string> {
+    if (this.stopping) return "The VM was stopped.";
+    if (this.applicationExitCode !== undefined) {
+      const status = this.applicationExitCode;
+      return status > 128 ? `The application was killed by signal ${status - 128}.` : `The application exited with code ${status}.`;
+    }
+    const how = signal ? `signal ${signal}` : `code ${code}`;
+    const detail = await lastLines(this.layout.qemuLog, 2);
+    return `The VM stopped unexpectedly (QEMU exited with ${how}${detail ? `: ${detail}` : ""}).`;
+  }
+
+  private receive(frame: AgentFrame): void {
+    switch (frame.kind) {
+      case "hello":
+        // A fresh boot: the guest has no clock source synced to ours and, under TCG, little entropy.
+        this.agent.resync(AGENT_TIMEOUT_MS).catch((error: unknown) => this.log.warn({ err: error }, "could not resync the guest"));
+        return;
+      case "ready":
+        this.ready = true;
+        for (const resolve of this.readyWaiters.splice(0)) resolve();
+        return this.emit({ kind: "ready" });
+      case "exit":
+        this.applicationExitCode = Number(frame.payload);
+        return this.emit({ kind: "exit", code: this.applicationExitCode });
+      case "stdout":
+      case "stderr":
+        return this.emit({ kind: frame.kind, line: frame.payload });
+      case "log":
+      case "error":
+        this.log.debug({ agent: frame.kind, text: frame.payload }, "agent");
+        return this.emit({ kind: frame.kind, text: frame.payload });
+      case "dropped":
+        this.log.warn({ frames: frame.payload }, "the guest dropped output while the host was not reading");
+        return;
+    }
+  }
+
+  private emit(event: AgentEvent): void {
+    for (const listener of this.listeners) listener(event);
+  }
+
+  onAgentEvent(listener: (event: AgentEvent) => void): void {
+    this.listeners.push(listener);
+  }
+
+  whenReady(timeoutMs: number): Promise<void> {
+    if (this.ready) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`the application did not become ready within ${Math.round(timeoutMs / 1000)} s`)), timeoutMs);
+      this.readyWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      void this.exited.then((exit) => {
+        clearTimeout(timer);
+        reject(new Error(exit.reason));
+      });
+    });
+  }
+
+  forward(guestPort: number): Promise<number> {
+    let port = this.forwards.get(guestPort);
+    if (!port) {
+      port = this.addForward(guestPort);
+      this.forwards.set(guestPort, port);
+      port.catch(() => this.forwards.delete(guestPort));
+    }
+    return port;
+  }
+
+  private async addForward(guestPort: number): Promise<number> {
+    // Port 0: QEMU binds a free loopback port, which `info usernet` then shows.
+    const answer = await this.qmp.hmp(`hostfwd_add net0 tcp:127.0.0.1:0-:${guestPort}`);
+    if (answer.trim()) throw new Error(`QEMU refused a forward to guest port ${guestPort}: ${answer.trim()}`);
+    const port = forwardedHostPort(await this.qmp.hmp("info usernet"), guestPort);
+    if (port === undefined) throw new Error(`QEMU did not report the forward to guest port ${guestPort}`);
+    return port;
+  }
+
+  async stop(graceMs = 5_000): Promise<VmExit> {
+    if (!this.hasExited) {
+      this.stopping = true;
+      this.agent.powerOff();
+      if (!(await settlesWithin(this.exited, graceMs))) {
+        await this.qmp.execute("quit").catch(() => {});
+        if (!(await settlesWithin(this.exited, 1_000))) killGroup(this.pid);
+      }
+    }
+    return this.exited;
+  }
+}
+
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  const timeout = new AbortController();
+  const result = await Promise.race([promise.then(() => true), sleep(ms, false, { signal: timeout.signal }).catch(() => false)]);
+  timeout.abort();
+  return result;
+}

@@ -1,0 +1,316 @@
+import { createWriteStream, type WriteStream } from "node:fs";
+import { mkdir, readFile, rm } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import type { ImageBuilder } from "../builder/image-builder.js";
+import type { Vm, VmDriver } from "../drivers/driver.js";
+import type { GuestAssets } from "../guest/assets.js";
+import { runCommand } from "../process/run-command.js";
+import type { HostPlatform } from "../platform.js";
+import { TargetUnavailable } from "../proxy/targets.js";
+import type { BuildRecord, MicrovmRecord } from "../store/records.js";
+import type { Store } from "../store/store.js";
+import type { Engine } from "./engine.js";
+import type { MicrovmLifecycle } from "./lifecycle.js";
+
+/**
+ * The engine with real VMs. Per MicroVM:
+ *
+ *   run:       PENDING ─► wait for the version's build ─► disk overlay (qcow2 on the build's disk)
+ *              ─► driver.start ─► application ready ─► RUNNING (startedAt) ─► max-duration timer
+ *   vm exits:  (not asked to) ─► TERMINATED with the reason (the application exited, QEMU died)
+ *   terminate: TERMINATING ─► abort a start under way ─► stop the VM ─► remove its files ─► TERMINATED
+ *
+ * Work on one MicroVM is serialized: each step runs after the previous one on
+ * that MicroVM has finished, and a terminate aborts a start that is waiting.
+ * Application output goes to <dataDir>/microvms/<id>/output.log.
+ */
+export interface VmEngineOptions {
+  store: Store;
+  lifecycle: MicrovmLifecycle;
+  driver: VmDriver;
+  builder: ImageBuilder;
+  assets: () => Promise<GuestAssets>;
+  platform: HostPlatform;
+  dataDir: string;
+  /** How long an application may take to listen on its port after the VM starts. */
+  startTimeoutMs: number;
+  log: Logger;
+  now: () => Date;
+}
+
+/** Memory of a MicroVM whose image names none (resources[0].minimumMemoryInMiB). */
+const DEFAULT_MEMORY_MIB = 512;
+
+interface Slot {
+  /** The MicroVM's work, one step after another. */
+  chain: Promise<void>;
+  abort: AbortController;
+  vm?: Vm;
+  output?: WriteStream;
+  maxDurationTimer?: NodeJS.Timeout;
+  /** Set when the engine itself stops the VM, so its exit is not a failure. */
+  stopping: boolean;
+}
+
+export class VmEngine implements Engine {
+  private readonly slots = new Map<string, Slot>();
+  private closed = false;
+
+  constructor(private readonly o: VmEngineOptions) {
+    o.builder.on("settled", ({ build }) => this.buildSettled.forEach((wake) => wake(build)));
+  }
+
+  private readonly buildSettled = new Set<(build: BuildRecord) => void>();
+
+  get description(): string {
+    return `${this.o.driver.description}`;
+  }
+
+  // ── Engine ──────────────────────────────────────────────────────────────
+
+  runMicrovm(microvm: MicrovmRecord): void {
+    this.step(microvm.microvmId, (slot) => this.start(microvm, slot));
+  }
+
+  suspendMicrovm(microvm: MicrovmRecord): void {
+    // Suspension arrives with memory snapshots (the suspend issue); the API keeps
+    // RUNNING MicroVMs from reaching SUSPENDING until then. Nothing to undo here.
+    this.o.log.warn({ microvmId: microvm.microvmId }, "suspend is not supported yet");
+  }
+
+  resumeMicrovm(microvm: MicrovmRecord): void {
+    this.o.log.warn({ microvmId: microvm.microvmId }, "resume is not supported yet");
+  }
+
+  terminateMicrovm(microvm: MicrovmRecord): void {
+    this.slots.get(microvm.microvmId)?.abort.abort();
+    this.step(microvm.microvmId, (slot) => this.terminate(microvm, slot));
+  }
+
+  startBuild(build: BuildRecord): void {
+    this.o.builder.start(build);
+  }
+
+  /**
+   * Settles what a previous run of the server left. Its VMs died with it (the
+   * driver does not adopt VMs yet): RUNNING ones are terminated with a reason,
+   * TERMINATING ones finish, PENDING ones start again. Builds: see ImageBuilder.
+   */
+  async reconcile(): Promise<void> {
+    await this.o.builder.reconcile();
+    const { store, lifecycle } = this.o;
+    for (const microvm of await store.microvmsInState(["RUNNING", "SUSPENDING", "SUSPENDED"])) {
+      await this.killLeftover(microvm.microvmId);
+      await lifecycle.apply(microvm, "failed", { stateReason: "The service restarted and the MicroVM's VM did not survive it." });
+      await rm(this.microvmDir(microvm.microvmId), { recursive: true, force: true });
+    }
+    for (const microvm of await store.microvmsInState(["TERMINATING"])) this.terminateMicrovm(microvm);
+    for (const microvm of await store.microvmsInState(["PENDING"])) {
+      await this.killLeftover(microvm.microvmId);
+      this.runMicrovm(microvm);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const slot of this.slots.values()) slot.abort.abort();
+    await Promise.allSettled([...this.slots.values()].map((slot) => slot.chain));
+    // Until VMs can be adopted after a restart, none may outlive the server.
+    await Promise.allSettled(
+      [...this.slots.values()].map(async (slot) => {
+        slot.stopping = true;
+        clearTimeout(slot.maxDurationTimer);
+        await slot.vm?.stop(2_000);
+        slot.output?.end();
+      }),
+    );
+    await this.o.builder.idle();
+  }
+
+  // ── the endpoint proxy's targets ─────────────────────────────────────────────────────
+
+  async connect(microvmId: string, guestPort: number): Promise<{ host: string; port: number }> {
+    const vm = this.slots.get(microvmId)?.vm;
+    if (!vm) throw new TargetUnavailable(microvmId, `MicroVM ${microvmId} has no running VM.`);
+    return { host: "127.0.0.1", port: await vm.forward(guestPort) };
+  }
+
+  activity(_microvmId: string): void {
+    // The idle policy (the suspend issue) reads this.
+  }
+
+  // ── MicroVM work ────────────────────────────────────────────────────────
+
+  /** Queues `work` after whatever is under way on the MicroVM. */
+  private step(microvmId: string, work: (slot: Slot) => Promise<void>): void {
+    let slot = this.slots.get(microvmId);
+    if (!slot) {
+      slot = { chain: Promise.resolve(), abort: new AbortController(), stopping: false };
+      this.slots.set(microvmId, slot);
+    }
+    const current = slot;
+    current.chain = current.chain.then(() => work(current)).catch((error: unknown) => {
+      this.o.log.error({ err: error, microvmId }, "MicroVM work failed");
+    });
+  }
+
+  private microvmDir(microvmId: string): string {
+    return join(this.o.dataDir, "microvms", microvmId);
+  }
+
+  private async start(microvm: MicrovmRecord, slot: Slot): Promise<void> {
+    const { store, lifecycle, log } = this.o;
+    const signal = slot.abort.signal;
+    const mlog = log.child({ microvmId: microvm.microvmId });
+    try {
+      const build = await this.waitForBuild(microvm, signal);
+      const version = await store.findVersion(microvm.imageId, microvm.imageVersion);
+      if (!version) throw new StartFailure(`Image version ${microvm.imageVersion} no longer exists.`);
+      signal.throwIfAborted();
+
+      const dir = this.microvmDir(microvm.microvmId);
+      await mkdir(dir, { recursive: true });
+      const disk = join(dir, "disk.qcow2");
+      // A private copy-on-write layer: the build's disk is shared by every MicroVM of the version.
+      await runCommand("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", this.o.builder.diskOf(build.buildId), disk], {
+        what: `the disk of MicroVM ${microvm.microvmId}`,
+        debianPackage: "qemu-utils",
+      });
+      const assets = await this.o.assets();
+      signal.throwIfAborted();
+
+      const egress = (microvm.config.egressNetworkConnectors ?? version.config.egressNetworkConnectors ?? []).includes("INTERNET_EGRESS");
+      const vm = await this.o.driver.start({
+        name: microvm.microvmId,
+        runDir: join(dir, "run"),
+        kernel: assets.kernel,
+        initrd: assets.initrd,
+        disk: { path: disk, format: "qcow2" },
+        memoryMiB: version.config.resources?.[0]?.minimumMemoryInMiB ?? DEFAULT_MEMORY_MIB,
+        egress,
+      });
+      slot.vm = vm;
+      slot.output = createWriteStream(join(dir, "output.log"), { flags: "a" });
+      const output = slot.output;
+      vm.onAgentEvent((event) => {
+        if (event.kind === "stdout" || event.kind === "stderr") output.write(`${event.line}\n`);
+      });
+      void vm.exited.then((exit) => {
+        if (!slot.stopping && !this.closed) this.step(microvm.microvmId, () => this.vmEnded(microvm, slot, exit.reason));
+      });
+      mlog.info({ pid: vm.pid, egress }, "VM started");
+
+      await Promise.race([vm.whenReady(this.o.startTimeoutMs), aborted(signal)]);
+      const startedAt = this.o.now();
+      const { moved } = await lifecycle.apply(microvm, "started", { startedAt, stateReason: undefined });
+      if (!moved) return;
+      mlog.info("MicroVM running");
+      const deadline = startedAt.getTime() + microvm.config.maximumDurationInSeconds * 1000;
+      slot.maxDurationTimer = setTimeout(() => this.maximumDurationReached(microvm), Math.max(0, deadline - Date.now()));
+    } catch (error) {
+      if (signal.aborted) return; // a terminate (or shutdown) took over; it cleans up
+      const reason = error instanceof StartFailure ? error.message : `The MicroVM could not start: ${(error as Error).message}`;
+      mlog.warn({ err: error }, "MicroVM failed to start");
+      await this.stopAndClean(microvm.microvmId, slot);
+      await lifecycle.apply(microvm, "failed", { stateReason: reason }).catch(() => {});
+    }
+  }
+
+  /** The build of the MicroVM's version for this host, once it has succeeded. */
+  private async waitForBuild(microvm: MicrovmRecord, signal: AbortSignal): Promise<BuildRecord> {
+    for (;;) {
+      const settled = new Promise<void>((resolve) => {
+        const wake = (build: BuildRecord) => {
+          if (build.imageId !== microvm.imageId || build.version !== microvm.imageVersion) return;
+          this.buildSettled.delete(wake);
+          resolve();
+        };
+        this.buildSettled.add(wake);
+        signal.addEventListener("abort", () => {
+          this.buildSettled.delete(wake);
+          resolve();
+        });
+      });
+      const builds = (await this.o.store.listBuilds(microvm.imageId, microvm.imageVersion, { architecture: this.o.platform.architecture, limit: 100 })).items;
+      const ready = builds.find((b) => b.buildState === "SUCCESSFUL");
+      if (ready) return ready;
+      if (!builds.some((b) => b.buildState === "PENDING" || b.buildState === "IN_PROGRESS")) {
+        const failed = builds.find((b) => b.buildState === "FAILED");
+        throw new StartFailure(
+          failed
+            ? `Image version ${microvm.imageVersion} failed to build: ${failed.stateReason ?? "no reason recorded"}`
+            : `Image version ${microvm.imageVersion} has no build for ${this.o.platform.architecture}.`,
+        );
+      }
+      await settled;
+      signal.throwIfAborted();
+    }
+  }
+
+  private async vmEnded(microvm: MicrovmRecord, slot: Slot, reason: string): Promise<void> {
+    if (slot.stopping) return;
+    this.o.log.info({ microvmId: microvm.microvmId, reason }, "VM ended");
+    await this.stopAndClean(microvm.microvmId, slot);
+    const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
+    if (current && current.state !== "TERMINATED") await this.o.lifecycle.apply(current, "failed", { stateReason: reason });
+  }
+
+  private maximumDurationReached(microvm: MicrovmRecord): void {
+    void (async () => {
+      const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
+      if (!current) return;
+      const { moved, microvm: terminating } = await this.o.lifecycle.apply(current, "terminate", {
+        stateReason: `The MicroVM reached its maximum duration of ${microvm.config.maximumDurationInSeconds} seconds.`,
+      });
+      if (moved) this.terminateMicrovm(terminating);
+    })().catch((error: unknown) => this.o.log.error({ err: error, microvmId: microvm.microvmId }, "could not end the MicroVM at its maximum duration"));
+  }
+
+  private async terminate(microvm: MicrovmRecord, slot: Slot): Promise<void> {
+    await this.stopAndClean(microvm.microvmId, slot);
+    const current = (await this.o.store.findMicrovm(microvm, microvm.microvmId)) ?? microvm;
+    await this.o.lifecycle.apply(current, "terminated");
+    this.slots.delete(microvm.microvmId);
+  }
+
+  /** Stops the VM if one runs and removes the MicroVM's files. */
+  private async stopAndClean(microvmId: string, slot: Slot): Promise<void> {
+    slot.stopping = true;
+    clearTimeout(slot.maxDurationTimer);
+    if (slot.vm) await slot.vm.stop();
+    slot.vm = undefined;
+    await new Promise<void>((resolve) => (slot.output ? slot.output.end(resolve) : resolve()));
+    slot.output = undefined;
+    await rm(join(this.microvmDir(microvmId), "run"), { recursive: true, force: true });
+    await rm(join(this.microvmDir(microvmId), "disk.qcow2"), { force: true });
+  }
+
+  /** A QEMU a previous run of the server left behind: it cannot be adopted yet, so it is stopped. */
+  private async killLeftover(microvmId: string): Promise<void> {
+    const runDir = join(this.microvmDir(microvmId), "run");
+    const pid = Number((await readFile(join(runDir, "qemu.pid"), "utf8").catch(() => "")).trim());
+    if (!Number.isInteger(pid) || pid <= 0) return;
+    // The pid may have been reused since: only a QEMU started for this MicroVM's directory is ours.
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+    if (!cmdline.includes("qemu-system") || !cmdline.includes(runDir)) return;
+    this.o.log.warn({ microvmId, pid }, "stopping a VM left by a previous run of the service");
+    try {
+      process.kill(-pid, "SIGKILL");
+    } catch {
+      return;
+    }
+    while (await readFile(`/proc/${pid}/stat`, "utf8").then((stat) => !/\) Z /.test(stat), () => false)) await sleep(20);
+  }
+}
+
+/** A start failure whose message is fit for the MicroVM's stateReason as it is. */
+class StartFailure extends Error {}
+
+function aborted(signal: AbortSignal): Promise<never> {
+  return new Promise((_, reject) => {
+    if (signal.aborted) reject(signal.reason);
+    signal.addEventListener("abort", () => reject(signal.reason));
+  });
+}

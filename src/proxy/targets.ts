@@ -1,0 +1,29 @@
+import type { MicrovmRecord, Owner } from "../store/records.js";
+
+/**
+ * What the endpoint proxy needs from the rest of the server. The proxy knows
+ * HTTP and tokens; where a MicroVM's guest port is reachable is the engine's
+ * business, so it comes through here.
+ */
+export interface EndpointTargets {
+  /** The MicroVM a token names, in any state; undefined when there is none. */
+  findMicrovm(owner: Owner, microvmId: string): Promise<MicrovmRecord | undefined>;
+  /**
+   * A loopback address reaching `guestPort` inside the MicroVM's guest. Throws
+   * TargetUnavailable when the MicroVM has no running VM (not started yet,
+   * suspended, or gone).
+   */
+  connect(microvmId: string, guestPort: number): Promise<{ host: string; port: number }>;
+  /** Traffic to or from the MicroVM was seen (requests, stream and WebSocket data): the idle policy's clock. */
+  activity(microvmId: string): void;
+}
+
+export class TargetUnavailable extends Error {
+  constructor(
+    readonly microvmId: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "TargetUnavailable";
+  }
+}
