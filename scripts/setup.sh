@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 # linux-image-cloud-amd64: the guest kernel (installed for its /boot/vmlinuz and modules, never booted by the host).
 # musl-tools: builds the guest agent, a static binary. busybox-static: the busybox base image and the initramfs's cpio.
 # e2fsprogs: mkfs.ext4 -d makes image disks without mounting. debootstrap: the Debian base images.
+# curl: the demo calls a MicroVM endpoint with it.
 # awscli: conformance tests drive the server with the stock AWS CLI v2.
 # postgresql: the store suite also runs against PostgreSQL.
-packages=(qemu-system-x86 qemu-utils linux-image-cloud-amd64 musl-tools busybox-static e2fsprogs debootstrap awscli postgresql)
+packages=(qemu-system-x86 qemu-utils linux-image-cloud-amd64 musl-tools busybox-static e2fsprogs debootstrap curl awscli postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -119,9 +119,12 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     const config = version.config;
     const base = parseImageArn(config.baseImageArn);
     if (!base) throw new BuildError(`The base image ${config.baseImageArn} is not a managed MicroVM image.`);
-    const baseBuild = await this.deps.baseImages.ensure(base.name, config.baseImageVersion ?? "1").catch((error: Error) => {
+    const baseVersion = config.baseImageVersion ?? "1";
+    const baseBuild = await this.deps.baseImages.ensure(base.name, baseVersion).catch((error: Error) => {
       throw new BuildError(`The base image ${base.name} could not be built: ${error.message}`);
     });
+    // ListManagedMicrovmImageVersions shows when this host last built the base image.
+    await this.deps.store.managedImageVersionBuilt(base.name, baseVersion, baseBuild.builtAt);
     const assets = await this.deps.assets();
     const dir = join(this.deps.dataDir, "builds", build.buildId);
     await mkdir(dir, { recursive: true });

@@ -76,7 +76,7 @@ async function finishRootFilesystem(root: string): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------
-// busybox: Debian's busybox-static and its applet links, as guest/rootfs/build-busybox-rootfs.sh verified.
+// busybox: Debian's busybox-static and its applet links, as the guest research verified (docs/research/guest-boot.md).
 
 const BUSYBOX_CANDIDATES = ["/bin/busybox", "/usr/bin/busybox"];
 

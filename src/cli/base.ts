@@ -7,11 +7,11 @@ import { resolveConfig } from "../config.js";
 
 /** `microvms base build|list`: the managed base images' root filesystems, built ahead of first use. */
 
-function baseImagesOf(dataDir: string | undefined): BaseImages {
-  const config = resolveConfig({ dataDir });
+function baseImagesOf(dataDir: string | undefined, cacheDir: string | undefined): BaseImages {
+  const config = resolveConfig({ dataDir, cacheDir });
   // Progress lines and the error message say it all; MICROVMS_LOG_LEVEL asks for the log as well.
   const log = pino({ level: process.env.MICROVMS_LOG_LEVEL || "silent" }, pino.destination(2));
-  return new BaseImages({ dir: join(config.dataDir, "base-images"), log });
+  return new BaseImages({ dir: join(config.cacheDir, "base-images"), log });
 }
 
 function mebibytes(bytes: number): string {
@@ -27,9 +27,10 @@ export function baseCommand(): Command {
     .argument("<name>", `one of ${managedImages.map((m) => m.name).join(", ")}`)
     .option("--version <version>", "catalogue version (default: the newest)")
     .option("--data-dir <dir>", "data directory (MICROVMS_DATA_DIR)")
-    .action(async (name: string, flags: { version?: string; dataDir?: string }) => {
+    .option("--cache-dir <dir>", "cache of base images and guest files (MICROVMS_CACHE_DIR; default <data dir>/cache)")
+    .action(async (name: string, flags: { version?: string; dataDir?: string; cacheDir?: string }) => {
       const version = flags.version ?? findManagedImage(name)?.versions.at(-1) ?? "1";
-      const images = baseImagesOf(flags.dataDir);
+      const images = baseImagesOf(flags.dataDir, flags.cacheDir);
       const before = await images.find(name, version);
       const build = before ?? (await images.ensure(name, version, (line) => process.stderr.write(`${line}\n`)));
       if (before) process.stderr.write(`${name}/${version} was already built\n`);
@@ -41,8 +42,9 @@ export function baseCommand(): Command {
     .command("list")
     .description("Every managed base image and version, built or not")
     .option("--data-dir <dir>", "data directory (MICROVMS_DATA_DIR)")
-    .action(async (flags: { dataDir?: string }) => {
-      const images = baseImagesOf(flags.dataDir);
+    .option("--cache-dir <dir>", "cache of base images and guest files (MICROVMS_CACHE_DIR; default <data dir>/cache)")
+    .action(async (flags: { dataDir?: string; cacheDir?: string }) => {
+      const images = baseImagesOf(flags.dataDir, flags.cacheDir);
       const rows: string[][] = [["NAME", "VERSION", "STATE", "BUILT AT", "SIZE"]];
       for (const image of managedImages) {
         for (const version of image.versions) {

@@ -3,6 +3,7 @@ import { Command } from "commander";
 import { resolveConfig, defaultDataDir } from "../config.js";
 import { startServer } from "../server.js";
 import { baseCommand } from "./base.js";
+import { statusCommand } from "./status.js";
 
 /** The `microvms` command line. */
 const program = new Command("microvms").description("Self-hosted AWS Lambda MicroVMs");
@@ -18,6 +19,15 @@ program
   .option("--accounts-file <file>", "JSON file of access keys and their accounts (MICROVMS_ACCOUNTS_FILE; default <data dir>/accounts.json, else test/test)")
   .option("--log-level <level>", "trace, debug, info, warn or error (MICROVMS_LOG_LEVEL; default info)")
   .option("--max-live-microvms <n>", "MicroVMs not terminated per account and region (MICROVMS_MAX_LIVE_MICROVMS; default 100)")
+  .option("--driver <driver>", "qemu, or none for a control plane without VMs (MICROVMS_DRIVER; default qemu)")
+  .option(
+    "--accel <mode>",
+    "auto, kvm or tcg (MICROVMS_ACCEL; default auto: KVM when a probe VM boots under it, else TCG software emulation; " +
+      "the choice is logged at start and shown by `microvms status`)",
+  )
+  .option("--cache-dir <dir>", "base images, guest initramfs, acceleration verdict (MICROVMS_CACHE_DIR; default <data dir>/cache)")
+  .option("--max-concurrent-builds <n>", "image builds at once (MICROVMS_MAX_CONCURRENT_BUILDS; default 2)")
+  .option("--start-timeout-seconds <n>", "how long an application may take to listen after its VM starts (MICROVMS_START_TIMEOUT_SECONDS; default 120)")
   .action(async (flags: Record<string, string>) => {
     const server = await startServer(resolveConfig(flags));
     const stop = (signal: string) => {
@@ -35,6 +45,7 @@ program
   });
 
 program.addCommand(baseCommand());
+program.addCommand(statusCommand());
 program.parseAsync(process.argv).catch((error: unknown) => {
   console.error(`microvms: ${error instanceof Error ? error.message : String(error)}`);
   process.exit(1);

@@ -18,7 +18,7 @@ export function managedImageArn(region: string, name: string): string {
   return `arn:aws:lambda:${region}:aws:microvm-image:${name}`;
 }
 
-const IMAGE_ARN = /^arn:aws[a-zA-Z-]*:lambda:([a-z0-9-]+):(\d{12}|aws):microvm-image:([a-zA-Z0-9-_]+)$/;
+const IMAGE_ARN = /^arn:aws[a-zA-Z-]*:lambda:([a-z0-9-]+):(\d{12}|aws):microvm-image:([a-zA-Z0-9-_.]+)$/;
 
 /** The parts of a MicroVM image ARN, or undefined when the text is not one. */
 export function parseImageArn(text: string): { region: string; accountId: string; name: string } | undefined {

@@ -9,7 +9,7 @@ import { DEFAULT_MAX_RESULTS, listScope } from "./pagination.js";
 /** Records every catalogue version the first time this store sees it, which dates it. */
 export async function recordManagedImages(services: Services): Promise<void> {
   for (const image of managedImages) {
-    for (const version of image.versions) await services.store.ensureManagedImageVersion(image.name, version, services.now());
+    for (const version of image.versions) await services.store.recordManagedImageVersion(image.name, version, services.now());
   }
 }
 
@@ -27,8 +27,15 @@ export function managedImageHandlers(services: Services): Pick<
   "ListManagedMicrovmImages" | "ListManagedMicrovmImageVersions"
 > {
   const { store } = services;
-  const versionsOf = (name: string, versions: string[]) =>
-    Promise.all(versions.map((v) => store.ensureManagedImageVersion(name, v, services.now())));
+  /** The catalogue's versions of `name` as the store dates them (recorded at start-up by recordManagedImages). */
+  const versionsOf = async (name: string, versions: string[]) => {
+    const recorded = await store.managedImageVersions();
+    return versions.map((version) => {
+      const found = recorded.find((r) => r.name === name && r.version === version);
+      if (!found) throw new Error(`managed image ${name} version ${version} was not recorded at start-up`);
+      return found;
+    });
+  };
 
   return {
     async ListManagedMicrovmImages(input, { owner }) {

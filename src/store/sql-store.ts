@@ -464,14 +464,25 @@ export class SqlStore implements Store {
     return this.db.execute(`DELETE FROM client_tokens WHERE created_at < ?`, [ms(before)]);
   }
 
-  async ensureManagedImageVersion(name: string, version: string, now: Date): Promise<ManagedImageVersionRecord> {
+  async recordManagedImageVersion(name: string, version: string, now: Date): Promise<void> {
     await this.db.execute(
       `INSERT INTO managed_image_versions (name, version, created_at, updated_at) VALUES (?, ?, ?, ?)
        ON CONFLICT (name, version) DO NOTHING`,
       [name, version, ms(now), ms(now)],
     );
-    const rows = await this.db.query(`SELECT * FROM managed_image_versions WHERE name = ? AND version = ?`, [name, version]);
-    const r = rows[0]!;
-    return { name: String(r.name), version: String(r.version), createdAt: date(r.created_at)!, updatedAt: date(r.updated_at)! };
+  }
+
+  async managedImageVersionBuilt(name: string, version: string, builtAt: Date): Promise<void> {
+    await this.db.execute(`UPDATE managed_image_versions SET updated_at = ? WHERE name = ? AND version = ? AND updated_at < ?`, [
+      ms(builtAt),
+      name,
+      version,
+      ms(builtAt),
+    ]);
+  }
+
+  async managedImageVersions(): Promise<ManagedImageVersionRecord[]> {
+    const rows = await this.db.query(`SELECT * FROM managed_image_versions ORDER BY name, version`, []);
+    return rows.map((r) => ({ name: String(r.name), version: String(r.version), createdAt: date(r.created_at)!, updatedAt: date(r.updated_at)! }));
   }
 }

@@ -95,8 +95,11 @@ export interface Store {
   /** Forgets tokens older than `before`: AWS keeps them for hours, not forever. */
   pruneClientTokens(before: Date): Promise<number>;
 
-  /** Records a managed base image version the first time it is seen; returns the stored record. */
-  ensureManagedImageVersion(name: string, version: string, now: Date): Promise<ManagedImageVersionRecord>;
+  /** Records a managed base image version the first time it is offered (its createdAt); later calls change nothing. */
+  recordManagedImageVersion(name: string, version: string, now: Date): Promise<void>;
+  /** A managed base image version was (re)built locally: its updatedAt moves forward to `builtAt`. */
+  managedImageVersionBuilt(name: string, version: string, builtAt: Date): Promise<void>;
+  managedImageVersions(): Promise<ManagedImageVersionRecord[]>;
 }
 
 /** A position in a list: the sort key of the last item of a page. */

@@ -202,8 +202,13 @@ function storeSuite(name: string, openDriver: () => Promise<{ driver: SqlDriver;
     it("keeps settings and managed image dates once created", async () => {
       const a = await store.setting("key", () => "first");
       assert.equal(await store.setting("key", () => "second"), a);
-      const v = await store.ensureManagedImageVersion("busybox", "1", t(1));
-      assert.deepEqual((await store.ensureManagedImageVersion("busybox", "1", t(50))).createdAt, v.createdAt);
+      await store.recordManagedImageVersion("busybox", "1", t(1));
+      await store.recordManagedImageVersion("busybox", "1", t(50));
+      const find = async () => (await store.managedImageVersions()).find((r) => r.name === "busybox" && r.version === "1")!;
+      assert.deepEqual([(await find()).createdAt, (await find()).updatedAt], [t(1), t(1)]);
+      await store.managedImageVersionBuilt("busybox", "1", t(60));
+      await store.managedImageVersionBuilt("busybox", "1", t(55)); // never backwards
+      assert.deepEqual([(await find()).createdAt, (await find()).updatedAt], [t(1), t(60)]);
     });
   });
 }

@@ -178,6 +178,24 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
     }
   });
 
+  test("additionalOsCapabilities [\"ALL\"] runs the application as root", async () => {
+    const version = await createImage("privileged", pathToFileURL(appDir).href, { additionalOsCapabilities: ["ALL"] });
+    assert.equal(version.state, "SUCCESSFUL", version.stateReason);
+    const vm = await runUntil({ imageIdentifier: "privileged" }, ["RUNNING", "TERMINATED"]);
+    assert.equal(vm.state, "RUNNING", vm.stateReason);
+    const auth = { "X-aws-proxy-auth": await tokenFor(vm.microvmId) };
+    const uid = await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/uid", auth);
+    assert.equal(uid.body.trim(), "0");
+
+    // A VM that dies under the MicroVM (here: its QEMU killed) ends it with a reason.
+    const [pid] = qemuProcesses(vm.microvmId);
+    assert.ok(pid, "the MicroVM's QEMU process");
+    process.kill(pid, "SIGKILL");
+    const ended = await untilState(vm.microvmId, ["TERMINATED"]);
+    assert.match(ended.stateReason, /stopped unexpectedly .*signal SIGKILL/);
+    assert.equal((await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/uid", auth)).status, 404);
+  });
+
   test("maximumDurationInSeconds ends the MicroVM", async () => {
     const vm = await runUntil({ imageIdentifier: "web", maximumDurationInSeconds: 2 }, ["TERMINATED"]);
     assert.match(vm.stateReason, /maximum duration of 2 seconds/);

@@ -1,7 +1,7 @@
 import { constants } from "node:fs";
 import { access, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { Logger } from "pino";
 import { runCommand } from "../../process/run-command.js";
 import { qemuLayout, type Acceleration } from "./command-line.js";
@@ -50,7 +50,7 @@ export async function chooseAcceleration(options: {
     return { accel: "tcg", because: "no usable /dev/kvm" };
   }
   const bootId = (await readFile("/proc/sys/kernel/random/boot_id", "utf8").catch(() => "")).trim();
-  const key = JSON.stringify([bootId, options.qemuVersion, options.kernel, options.initrd]);
+  const key = JSON.stringify([bootId, options.qemuVersion, options.kernel, basename(options.initrd)]);
   const cacheFile = join(options.cacheDir, "guest", "acceleration.json");
   const cached = await readFile(cacheFile, "utf8").then((t) => JSON.parse(t) as { key: string } & AccelerationChoice, () => undefined);
   if (cached?.key === key) return { accel: cached.accel, because: `${cached.because} (probed earlier)` };

@@ -1,0 +1,75 @@
+import { Agent, request } from "node:http";
+import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
+
+/**
+ * The HTTP client of the benchmarks: one code path for every target, so that
+ * the proxy and the guest port reached directly are measured the same way.
+ */
+
+/** Where requests go: an address, and the headers that pick the MicroVM there (Host, token). */
+export interface HttpTarget {
+  host: string;
+  port: number;
+  headers: Record<string, string>;
+}
+
+export interface Answer {
+  status: number;
+  /** performance.now() when the response head arrived: its first byte, for answers this small. */
+  firstByteAt: number;
+}
+
+/** One GET whose body is read to the end. */
+export function get(agent: Agent, target: HttpTarget, path: string, onSocket?: (socket: Socket) => void): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = request({ agent, host: target.host, port: target.port, path, headers: target.headers }, (res) => {
+      const firstByteAt = performance.now();
+      res.on("data", () => undefined);
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, firstByteAt }));
+      res.on("error", reject);
+    });
+    if (onSocket) req.on("socket", onSocket);
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+export interface LoadResult {
+  /** Answers with status 200. */
+  ok: number;
+  /** Other answers and connection errors. */
+  failed: number;
+  elapsedMs: number;
+  perSecond: number;
+  /** TCP connections the client opened: 1 per worker if the server keeps them alive. */
+  connections: number;
+  /** Per-request time of the 200 answers, ms. */
+  latenciesMs: number[];
+}
+
+/** GETs `path` from `concurrency` workers, each sending its next request when the last one ended, for `seconds`. */
+export async function load(target: HttpTarget, path: string, seconds: number, concurrency: number): Promise<LoadResult> {
+  const agent = new Agent({ keepAlive: true, maxSockets: concurrency });
+  const sockets = new Set<Socket>();
+  const latenciesMs: number[] = [];
+  let failed = 0;
+  const started = performance.now();
+  const deadline = started + seconds * 1000;
+  const worker = async () => {
+    while (performance.now() < deadline) {
+      const sent = performance.now();
+      try {
+        const answer = await get(agent, target, path, (socket) => sockets.add(socket));
+        if (answer.status === 200) latenciesMs.push(performance.now() - sent);
+        else failed++;
+      } catch {
+        failed++;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const elapsedMs = performance.now() - started;
+  agent.destroy();
+  return { ok: latenciesMs.length, failed, elapsedMs, perSecond: (latenciesMs.length / elapsedMs) * 1000, connections: sockets.size, latenciesMs };
+}
