@@ -47,6 +47,10 @@ export interface Vm {
   onAgentEvent(listener: (event: AgentEvent) => void): void;
   /** A loopback port forwarded to `guestPort` in the guest (added on first use, then kept). */
   forward(guestPort: number): Promise<number>;
+  /** Freezes the guest's CPUs: it uses no CPU, keeps its memory, and its clock stops. */
+  pause(): Promise<void>;
+  /** Runs a paused guest again, with its clock corrected and fresh entropy. */
+  resume(): Promise<void>;
   /** Stops the VM: the agent powers it off, or after `graceMs` it is killed. Resolves once the process is gone. */
   stop(graceMs?: number): Promise<VmExit>;
 }

@@ -20,6 +20,8 @@ import type { MicrovmLifecycle } from "./lifecycle.js";
  *   run:       PENDING ─► wait for the version's build ─► disk overlay (qcow2 on the build's disk)
  *              ─► driver.start ─► application ready ─► RUNNING (startedAt) ─► max-duration timer
  *   vm exits:  (not asked to) ─► TERMINATED with the reason (the application exited, QEMU died)
+ *   suspend:   SUSPENDING ─► pause the VM (memory kept) ─► SUSPENDED
+ *   resume:    PENDING ─► continue the VM, resync its clock ─► RUNNING
  *   terminate: TERMINATING ─► abort a start under way ─► stop the VM ─► remove its files ─► TERMINATED
  *
  * Work on one MicroVM is serialized: each step runs after the previous one on
@@ -74,14 +76,29 @@ export class VmEngine implements Engine {
     this.step(microvm.microvmId, (slot) => this.start(microvm, slot));
   }
 
+  /**
+   * Suspends by pausing the VM: no CPU, state intact, but its memory stays
+   * held. Saving memory to disk and stopping QEMU comes with snapshots.
+   */
   suspendMicrovm(microvm: MicrovmRecord): void {
-    // Suspension arrives with memory snapshots (the suspend issue); the API keeps
-    // RUNNING MicroVMs from reaching SUSPENDING until then. Nothing to undo here.
-    this.o.log.warn({ microvmId: microvm.microvmId }, "suspend is not supported yet");
+    this.step(microvm.microvmId, async (slot) => {
+      const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
+      if (current?.state !== "SUSPENDING") return; // terminated meanwhile
+      if (!slot.vm) throw new Error(`MicroVM ${microvm.microvmId} has no VM to suspend`);
+      await slot.vm.pause();
+      await this.o.lifecycle.apply(current, "suspended");
+    });
   }
 
   resumeMicrovm(microvm: MicrovmRecord): void {
-    this.o.log.warn({ microvmId: microvm.microvmId }, "resume is not supported yet");
+    this.step(microvm.microvmId, async (slot) => {
+      const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
+      if (current?.state !== "PENDING") return;
+      if (!slot.vm) throw new Error(`MicroVM ${microvm.microvmId} has no VM to resume`);
+      await slot.vm.resume();
+      // startedAt stays: maximumDurationInSeconds counts from the first start, whatever the state since.
+      await this.o.lifecycle.apply(current, "started");
+    });
   }
 
   terminateMicrovm(microvm: MicrovmRecord): void {
@@ -215,6 +232,7 @@ export class VmEngine implements Engine {
       mlog.warn({ err: error }, "MicroVM failed to start");
       await this.stopAndClean(microvm.microvmId, slot);
       await lifecycle.apply(microvm, "failed", { stateReason: reason }).catch(() => {});
+      this.slots.delete(microvm.microvmId);
     }
   }
 
@@ -255,6 +273,7 @@ export class VmEngine implements Engine {
     await this.stopAndClean(microvm.microvmId, slot);
     const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
     if (current && current.state !== "TERMINATED") await this.o.lifecycle.apply(current, "failed", { stateReason: reason });
+    this.slots.delete(microvm.microvmId);
   }
 
   private maximumDurationReached(microvm: MicrovmRecord): void {
@@ -271,7 +290,8 @@ export class VmEngine implements Engine {
   private async terminate(microvm: MicrovmRecord, slot: Slot): Promise<void> {
     await this.stopAndClean(microvm.microvmId, slot);
     const current = (await this.o.store.findMicrovm(microvm, microvm.microvmId)) ?? microvm;
-    await this.o.lifecycle.apply(current, "terminated");
+    // Its VM may have ended on its own meanwhile, which already made it TERMINATED.
+    if (current.state === "TERMINATING") await this.o.lifecycle.apply(current, "terminated");
     this.slots.delete(microvm.microvmId);
   }
 

@@ -201,6 +201,15 @@ export class QemuVm implements Vm {
     return port;
   }
 
+  async pause(): Promise<void> {
+    await this.qmp.execute("stop");
+  }
+
+  async resume(): Promise<void> {
+    await this.qmp.execute("cont");
+    await this.agent.resync(AGENT_TIMEOUT_MS);
+  }
+
   async stop(graceMs = 5_000): Promise<VmExit> {
     if (!this.hasExited) {
       this.stopping = true;
