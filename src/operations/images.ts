@@ -268,15 +268,13 @@ export function imageHandlers(services: Services): Pick<
 
 /** A build in progress holds a VM; deleting under it would leak it, so the caller waits for it to end. */
 export async function refuseWhileBuilding(store: Store, image: ImageRecord, version: number | undefined): Promise<void> {
-  const building = (await store.buildsInState(["IN_PROGRESS"])).filter(
-    (b) => b.imageId === image.imageId && (version === undefined || b.version === version),
-  );
-  if (building.length > 0) {
+  const building = await store.findBuildInState(image.imageId, version, "IN_PROGRESS");
+  if (building) {
     const which = version === undefined ? `MicroVM image ${image.name}` : `Version ${version} of MicroVM image ${image.name}`;
     throw conflict(
       version === undefined ? "MicrovmImage" : "MicrovmImageVersion",
       version === undefined ? image.name : String(version),
-      `${which} has a build in progress (${building[0]!.buildId}); retry when it has finished.`,
+      `${which} has a build in progress (${building.buildId}); retry when it has finished.`,
     );
   }
 }

@@ -66,9 +66,7 @@ async function versionToRun(store: Store, image: ImageRecord, asked: string | un
     return version;
   }
   if (image.latestActiveVersion !== undefined) return resolveVersion(store, image, String(image.latestActiveVersion));
-  const newest = (await store.listVersions(image.imageId, { limit: 1_000 })).items
-    .filter((v) => (v.state === "PENDING" || v.state === "IN_PROGRESS") && v.status === "ACTIVE")
-    .pop();
+  const newest = await store.newestVersionInStates(image.imageId, ["PENDING", "IN_PROGRESS"]);
   if (newest) return newest;
   throw conflict(
     "MicrovmImage",

@@ -240,6 +240,15 @@ export class SqlStore implements Store {
     return page(rows, query.limit, toVersion);
   }
 
+  async newestVersionInStates(imageId: string, states: VersionRecord["state"][]): Promise<VersionRecord | undefined> {
+    const rows = await this.db.query(
+      `SELECT * FROM image_versions WHERE image_id = ? AND status = 'ACTIVE' AND state IN (${placeholders(states.length)})
+       ORDER BY version DESC LIMIT 1`,
+      [imageId, ...states],
+    );
+    return rows[0] && toVersion(rows[0]);
+  }
+
   async updateVersion(
     imageId: string,
     version: number,
@@ -319,6 +328,15 @@ export class SqlStore implements Store {
       states,
     );
     return rows.map(toBuild);
+  }
+
+  async findBuildInState(imageId: string, version: number | undefined, state: BuildRecord["buildState"]): Promise<BuildRecord | undefined> {
+    const rows = await this.db.query(
+      `SELECT * FROM builds WHERE image_id = ? AND build_state = ?${version === undefined ? "" : " AND version = ?"}
+       ORDER BY created_at, build_id LIMIT 1`,
+      version === undefined ? [imageId, state] : [imageId, state, version],
+    );
+    return rows[0] && toBuild(rows[0]);
   }
 
   async updateBuild(

@@ -44,6 +44,8 @@ export interface Store {
   findVersion(imageId: string, version: number): Promise<VersionRecord | undefined>;
   /** Versions that are not deleted, oldest first. */
   listVersions(imageId: string, query: { after?: Cursor; limit: number }): Promise<Page<VersionRecord>>;
+  /** The image's highest ACTIVE version in one of `states` (a RunMicrovm without imageVersion, before any version succeeded). */
+  newestVersionInStates(imageId: string, states: VersionRecord["state"][]): Promise<VersionRecord | undefined>;
   updateVersion(
     imageId: string,
     version: number,
@@ -59,6 +61,8 @@ export interface Store {
   ): Promise<Page<BuildRecord>>;
   /** Builds in the given states, across all owners (for the engine and reconciliation). */
   buildsInState(states: BuildRecord["buildState"][]): Promise<BuildRecord[]>;
+  /** The image's first build in `state`, of one version or of any. */
+  findBuildInState(imageId: string, version: number | undefined, state: BuildRecord["buildState"]): Promise<BuildRecord | undefined>;
   updateBuild(
     buildId: string,
     patch: Partial<Pick<BuildRecord, "buildState" | "stateReason" | "snapshotBuild">> & { updatedAt: Date },

@@ -122,6 +122,10 @@ function storeSuite(name: string, openDriver: () => Promise<{ driver: SqlDriver;
       await store.updateVersion(img.imageId, 1, { state: "DELETED", updatedAt: t(9) });
       assert.deepEqual((await store.listVersions(img.imageId, { limit: 10 })).items.map((v) => v.version), [2, 3, 4]);
       assert.equal((await store.findImage(owner, "derived"))?.latestActiveVersion, undefined);
+      // The newest ACTIVE version still building, for a RunMicrovm that names no version.
+      assert.equal((await store.newestVersionInStates(img.imageId, ["PENDING", "IN_PROGRESS"]))?.version, 4);
+      await store.updateVersion(img.imageId, 4, { status: "INACTIVE", updatedAt: t(9) });
+      assert.equal(await store.newestVersionInStates(img.imageId, ["PENDING", "IN_PROGRESS"]), undefined);
     });
 
     it("pages images in creation order, filtered by a case-sensitive substring", async () => {
@@ -154,6 +158,9 @@ function storeSuite(name: string, openDriver: () => Promise<{ driver: SqlDriver;
       await store.updateBuild("b1", { buildState: "SUCCESSFUL", snapshotBuild: { memorySnapshotSizeInBytes: 42 }, updatedAt: t(2) });
       assert.deepEqual((await store.findBuild(img.imageId, 1, "b1"))?.snapshotBuild, { memorySnapshotSizeInBytes: 42 });
       assert.deepEqual((await store.buildsInState(["SUCCESSFUL"])).map((b) => b.buildId), ["b1"]);
+      assert.equal((await store.findBuildInState(img.imageId, 1, "SUCCESSFUL"))?.buildId, "b1");
+      assert.equal((await store.findBuildInState(img.imageId, undefined, "PENDING"))?.buildId, "b2");
+      assert.equal(await store.findBuildInState(img.imageId, 2, "PENDING"), undefined);
     });
 
     it("moves MicroVMs by compare-and-set, and counts and pages them", async () => {
