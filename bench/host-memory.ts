@@ -1,18 +1,33 @@
 import { readFileSync } from "node:fs";
 
-/** What a process costs the host in memory, MiB: resident, and resident with shared pages split among their users. */
-export interface ProcessMemory {
+/** What a QEMU process costs the host in memory, MiB. */
+export interface QemuMemory {
+  /** Resident. */
   rssMiB: number;
+  /** Resident, with each shared page split among the processes mapping it. */
   pssMiB: number;
+  /** Resident part of the guest's RAM mapping; undefined if no mapping has the guest's size. */
+  guestRamMiB: number | undefined;
 }
 
-/** From /proc/<pid>/smaps_rollup (Linux 4.14+), whose sizes are in kB. */
-export function processMemory(pid: number): ProcessMemory {
+/**
+ * From /proc/<pid>/smaps_rollup and /proc/<pid>/smaps (sizes in kB). The guest's
+ * RAM is the anonymous mapping exactly `guestMiB` long: QEMU maps it whole.
+ */
+export function qemuMemory(pid: number, guestMiB: number): QemuMemory {
   const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
-  const kib = (field: string) => {
-    const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(rollup);
-    if (!match) throw new Error(`no ${field} in /proc/${pid}/smaps_rollup`);
-    return Number(match[1]);
-  };
-  return { rssMiB: kib("Rss") / 1024, pssMiB: kib("Pss") / 1024 };
+  let guestRamMiB: number | undefined;
+  for (const mapping of readFileSync(`/proc/${pid}/smaps`, "utf8").split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
+    const range = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*$/m.exec(mapping.slice(0, mapping.indexOf("\n")));
+    if (!range || parseInt(range[2]!, 16) - parseInt(range[1]!, 16) !== guestMiB * 1024 * 1024) continue;
+    guestRamMiB = kib(mapping, "Rss") / 1024;
+    break;
+  }
+  return { rssMiB: kib(rollup, "Rss") / 1024, pssMiB: kib(rollup, "Pss") / 1024, guestRamMiB };
+}
+
+function kib(text: string, field: string): number {
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(text);
+  if (!match) throw new Error(`no ${field} in smaps`);
+  return Number(match[1]);
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { Agent, request } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
@@ -46,6 +47,19 @@ export interface LoadResult {
   connections: number;
   /** Per-request time of the 200 answers, ms. */
   latenciesMs: number[];
+  /**
+   * SYNs the host's kernel dropped because a listen queue was full, host-wide,
+   * during the load. Each costs its connection a 1 s retransmission.
+   */
+  listenOverflows: number;
+}
+
+/** TcpExt ListenOverflows from /proc/net/netstat: a header line of names, then one of values. */
+function listenOverflows(): number {
+  const lines = readFileSync("/proc/net/netstat", "utf8").split("\n").filter((line) => line.startsWith("TcpExt:"));
+  const names = lines[0]?.split(/\s+/) ?? [];
+  const values = lines[1]?.split(/\s+/) ?? [];
+  return Number(values[names.indexOf("ListenOverflows")] ?? 0);
 }
 
 /** GETs `path` from `concurrency` workers, each sending its next request when the last one ended, for `seconds`. */
@@ -54,6 +68,7 @@ export async function load(target: HttpTarget, path: string, seconds: number, co
   const sockets = new Set<Socket>();
   const latenciesMs: number[] = [];
   let failed = 0;
+  const overflowsBefore = listenOverflows();
   const started = performance.now();
   const deadline = started + seconds * 1000;
   const worker = async () => {
@@ -71,5 +86,13 @@ export async function load(target: HttpTarget, path: string, seconds: number, co
   await Promise.all(Array.from({ length: concurrency }, worker));
   const elapsedMs = performance.now() - started;
   agent.destroy();
-  return { ok: latenciesMs.length, failed, elapsedMs, perSecond: (latenciesMs.length / elapsedMs) * 1000, connections: sockets.size, latenciesMs };
+  return {
+    ok: latenciesMs.length,
+    failed,
+    elapsedMs,
+    perSecond: (latenciesMs.length / elapsedMs) * 1000,
+    connections: sockets.size,
+    latenciesMs,
+    listenOverflows: listenOverflows() - overflowsBefore,
+  };
 }
