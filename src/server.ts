@@ -17,7 +17,8 @@ import { detectHostPlatform } from "./platform.js";
 import { openStore } from "./store/open.js";
 import type { Store } from "./store/store.js";
 import { TokenAuthority } from "./tokens/endpoint-token.js";
-import { startEndpointProxy, type RunningEndpointProxy } from "./proxy/endpoint-proxy.js";
+import { startEndpointProxy } from "./proxy/endpoint-proxy.js";
+import { authorityDir, endpointCertificateNames, issueServerCertificate, loadOrCreateAuthority } from "./tls/certificate-authority.js";
 
 /**
  * `microvms serve`: one process holding every part.
@@ -74,6 +75,9 @@ export async function startServer(config: ServerConfig, log: Logger = pino({ lev
 
     const verifier = new SigV4Verifier({ accounts, signingName: model.metadata.signingName });
     const api = buildApi({ model, handlers: createHandlers(services), verifier, log: log.child({ part: "api" }) });
+    // Endpoints are HTTPS with a certificate from the server's own CA (`microvms ca` prints it), and plain HTTP on the same port.
+    const ca = await loadOrCreateAuthority(authorityDir(config.dataDir));
+    const tls = await issueServerCertificate(ca, endpointCertificateNames(ENDPOINT_DOMAIN));
     const proxy = await startEndpointProxy({
       host: config.host,
       port: config.proxyPort,
@@ -85,6 +89,7 @@ export async function startServer(config: ServerConfig, log: Logger = pino({ lev
       },
       log: log.child({ part: "proxy" }),
       domain: ENDPOINT_DOMAIN,
+      tls,
     });
     services.endpointDomain = `${ENDPOINT_DOMAIN}:${proxy.port}`;
     await api.listen({ host: config.host, port: config.apiPort });
@@ -92,7 +97,7 @@ export async function startServer(config: ServerConfig, log: Logger = pino({ lev
     const port = typeof address === "object" && address ? address.port : config.apiPort;
     const apiUrl = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${port}`;
     log.info(
-      { apiUrl, proxyUrl: proxy.url, dataDir: config.dataDir, store: config.databaseUrl ? "postgres" : "sqlite", engine: engine.description },
+      { apiUrl, proxyUrl: proxy.url, caCert: ca.certPath, dataDir: config.dataDir, store: config.databaseUrl ? "postgres" : "sqlite", engine: engine.description },
       "microvms serving",
     );
 

@@ -3,6 +3,7 @@ import { Command } from "commander";
 import { resolveConfig, defaultDataDir } from "../config.js";
 import { startServer } from "../server.js";
 import { baseCommand } from "./base.js";
+import { caCommand } from "./ca.js";
 import { statusCommand } from "./status.js";
 
 /** The `microvms` command line. */
@@ -45,6 +46,7 @@ program
   });
 
 program.addCommand(baseCommand());
+program.addCommand(caCommand());
 program.addCommand(statusCommand());
 program.parseAsync(process.argv).catch((error: unknown) => {
   console.error(`microvms: ${error instanceof Error ? error.message : String(error)}`);

@@ -1,5 +1,4 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import type { TokenAuthority } from "../tokens/endpoint-token.js";
@@ -7,6 +6,7 @@ import { ActivityMeter } from "./activity.js";
 import { admitByState, authorize, microvmIdOfHost } from "./authorize.js";
 import { ProxyError, sendRefusal, writeRefusal } from "./errors.js";
 import { GuestForwarder, type Admitted } from "./forward.js";
+import { listenForHttpAndHttps } from "./listener.js";
 import { TargetUnavailable, type EndpointTargets } from "./targets.js";
 
 /**
@@ -22,7 +22,13 @@ import { TargetUnavailable, type EndpointTargets } from "./targets.js";
  * Only the last step and how a refusal is written differ between the two kinds:
  * a ServerResponse for HTTP, raw bytes on the socket for an upgrade. A refused
  * request never reaches the guest: nothing is forwarded before `admit` returns.
+ *
+ * With `tls`, the one port serves HTTPS as well as HTTP (listener.ts tells them apart by
+ * their first byte); both reach the same handlers, and the guest learns which it was from
+ * X-Forwarded-Proto.
  */
+
+const DEFAULT_FIRST_BYTE_TIMEOUT_MS = 60_000;
 
 export interface EndpointProxyOptions {
   host: string;
@@ -34,9 +40,14 @@ export interface EndpointProxyOptions {
   now?: () => Date;
   /** Endpoints are `{microvmId}.{domain}`, e.g. "microvms.localhost". */
   domain: string;
+  /** The certificate (chain) and key for HTTPS on the same port; plain HTTP only without it. */
+  tls?: { certPem: string; keyPem: string };
+  /** How long a new connection may stay silent before it is closed; 60 s by default, as Node's headersTimeout. */
+  firstByteTimeoutMs?: number;
 }
 
 export interface RunningEndpointProxy {
+  /** The proxy's address as a plain-HTTP URL, e.g. http://127.0.0.1:9601; with `tls`, https:// works on the same port. */
   url: string;
   port: number;
   close(): Promise<void>;
@@ -135,26 +146,25 @@ export async function startEndpointProxy(opts: EndpointProxyOptions): Promise<Ru
   server.on("checkContinue", (req, res) => void handleRequest(req, res, true));
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => void handleUpgrade(req, socket, head));
 
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(opts.port, opts.host, () => {
-      server.off("error", reject);
-      resolve();
-    });
+  const listening = await listenForHttpAndHttps(server, {
+    host: opts.host,
+    port: opts.port,
+    tls: opts.tls,
+    firstByteTimeoutMs: opts.firstByteTimeoutMs ?? DEFAULT_FIRST_BYTE_TIMEOUT_MS,
+    log,
   });
-  server.on("error", (err) => log.error({ err }, "endpoint proxy server error"));
-  const port = (server.address() as AddressInfo).port;
+  const port = listening.port;
   const urlHost = opts.host.includes(":") ? `[${opts.host}]` : opts.host;
-  log.info({ host: opts.host, port, domain }, "endpoint proxy listening");
+  log.info({ host: opts.host, port, domain, https: Boolean(opts.tls) }, "endpoint proxy listening");
 
   return {
     url: `http://${urlHost}:${port}`,
     port,
-    close: () =>
-      new Promise<void>((resolve, reject) => {
-        server.close((err) => (err ? reject(err) : resolve()));
-        server.closeAllConnections();
-        for (const socket of rawSockets) socket.destroy();
-      }),
+    close: async () => {
+      server.close(); // stops its connection checks; the listener holds the port
+      server.closeAllConnections();
+      for (const socket of rawSockets) socket.destroy();
+      await listening.close();
+    },
   };
 }

@@ -104,6 +104,10 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
 
     const greet = await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/greet", auth);
     assert.deepEqual([greet.status, greet.body.trim()], [200, "Hello from a MicroVM"]);
+    // The endpoint is HTTPS with a certificate from the server's CA (`microvms ca`), on the same port.
+    const ca = readFileSync(join(t.dataDir, "tls", "ca.pem"), "utf8");
+    const secure = await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/greet", auth, ca);
+    assert.deepEqual([secure.status, secure.body.trim()], [200, "Hello from a MicroVM"]);
     // Unprivileged without additionalOsCapabilities ["ALL"].
     assert.equal((await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/uid", auth)).body.trim(), "1000");
     // resources[0].minimumMemoryInMiB is the guest's memory (less what the firmware and kernel keep).

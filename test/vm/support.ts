@@ -1,5 +1,6 @@
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
-import { request } from "node:http";
+import { request, type IncomingMessage } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -37,17 +38,28 @@ export interface ProxyAnswer {
   body: string;
 }
 
-/** A request to a MicroVM endpoint: to the proxy's address, with the endpoint's host name. */
-export function callEndpoint(endpoint: string, proxyUrl: string, path: string, headers: Record<string, string> = {}): Promise<ProxyAnswer> {
+/**
+ * A request to a MicroVM endpoint: to the proxy's address, with the endpoint's
+ * host name; plain HTTP, or HTTPS verified against `ca` when given.
+ */
+export function callEndpoint(
+  endpoint: string,
+  proxyUrl: string,
+  path: string,
+  headers: Record<string, string> = {},
+  ca?: string,
+): Promise<ProxyAnswer> {
   const proxy = new URL(proxyUrl);
   const host = new URL(endpoint).hostname;
+  const options = { host: proxy.hostname, port: proxy.port, path, headers: { host: `${host}:${proxy.port}`, ...headers } };
   return new Promise((resolve, reject) => {
-    const req = request({ host: proxy.hostname, port: proxy.port, path, headers: { host: `${host}:${proxy.port}`, ...headers } }, (res) => {
+    const respond = (res: IncomingMessage) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => (body += chunk));
       res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-    });
+    };
+    const req = ca ? httpsRequest({ ...options, ca, servername: host }, respond) : request(options, respond);
     req.on("error", reject);
     req.end();
   });
