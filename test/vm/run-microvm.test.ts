@@ -95,6 +95,28 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
     assert.ok(build.snapshotBuild.diskSnapshotSizeInBytes > build.snapshotBuild.codeInstallSizeInBytes);
   });
 
+  test("UpdateMicrovmImage builds the next version and the image becomes UPDATED", async () => {
+    const first = await createImage("updated", pathToFileURL(appDir).href);
+    assert.equal(first.state, "SUCCESSFUL", first.stateReason);
+    const update = await t.client.call("UpdateMicrovmImage", {
+      imageIdentifier: "updated",
+      baseImageArn: BUSYBOX,
+      buildRoleArn: BUILD_ROLE,
+      codeArtifact: { uri: pathToFileURL(appDir).href },
+      environmentVariables: { GREETING: "version two" },
+    });
+    assert.deepEqual([update.state, update.imageVersion], ["UPDATING", "2"]);
+    const image = await eventually(
+      async () => {
+        const i = await t.client.call("GetMicrovmImage", { imageIdentifier: "updated" });
+        return i.state === "UPDATING" ? undefined : i;
+      },
+      "the update to build",
+      BUILD_TIMEOUT,
+    );
+    assert.deepEqual([image.state, image.latestActiveImageVersion], ["UPDATED", "2"]);
+  });
+
   test("a MicroVM runs the image and answers through its endpoint", async () => {
     const vm = await runUntil({ imageIdentifier: "web" }, ["RUNNING", "TERMINATED"]);
     assert.equal(vm.state, "RUNNING", vm.stateReason);
