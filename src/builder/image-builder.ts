@@ -1,12 +1,15 @@
 import { EventEmitter } from "node:events";
-import { mkdir, rm } from "node:fs/promises";
-import { join } from "node:path";
+import { createWriteStream } from "node:fs";
+import { mkdir, rm, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import type { Logger } from "pino";
 import type { BaseImages } from "../catalogue/base-images.js";
+import type { SnapshotFiles, VmDriver } from "../drivers/driver.js";
 import type { GuestAssets } from "../guest/assets.js";
+import { callHook, enabledHook, HookFailure, hooksPort } from "../guest/hooks.js";
 import { parseImageArn } from "../operations/identifiers.js";
 import type { HostPlatform } from "../platform.js";
-import type { BuildRecord, VersionRecord } from "../store/records.js";
+import type { BuildRecord, VersionConfig, VersionRecord } from "../store/records.js";
 import type { Store } from "../store/store.js";
 import { ArtifactError, fetchCodeArtifact } from "./artifact.js";
 import { assembleDisk } from "./disk.js";
@@ -15,13 +18,14 @@ import { assembleDisk } from "./disk.js";
  * Builds image versions, one build per CPU configuration, in the background.
  *
  *   PENDING ─► IN_PROGRESS: base image (built on first use) ─► code artifact
- *   laid over it ─► disk.ext4 ─► SUCCESSFUL (snapshotBuild sizes)
+ *   laid over it ─► disk.ext4 ─► cold boot (the only one) ─► app listens
+ *   ─► ready hook ─► validate hook ─► snapshot: state.bin + memory.ram + the disk
+ *   ─► SUCCESSFUL (snapshotBuild sizes)
  *                                   └─ any failure ─► FAILED with a stateReason
  *   after each build: every build of the version settled? ─► version
  *   SUCCESSFUL/FAILED, image CREATED/UPDATED or CREATE_FAILED/UPDATE_FAILED
  *
- * Snapshots and hooks join this pipeline in the snapshot issue; here a build
- * ends when its disk is assembled. A build cut short by a server restart is
+ * A build cut short by a server restart is
  * failed by `reconcile`, never left IN_PROGRESS.
  */
 export interface BuildSettled {
@@ -40,8 +44,11 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       baseImages: BaseImages;
       assets: () => Promise<GuestAssets>;
       platform: HostPlatform;
+      driver: VmDriver;
       dataDir: string;
       maxConcurrentBuilds: number;
+      /** How long an application may take to listen when the ready hook is disabled. */
+      startTimeoutMs: number;
       log: Logger;
       now: () => Date;
     },
@@ -49,9 +56,10 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     super();
   }
 
-  /** The disk a successful build produced. */
-  diskOf(buildId: string): string {
-    return join(this.deps.dataDir, "builds", buildId, "disk.ext4");
+  /** The snapshot a successful build produced: its disk, guest RAM and device state. Never modified once built. */
+  snapshotOf(buildId: string): { disk: string } & SnapshotFiles {
+    const dir = join(this.deps.dataDir, "builds", buildId);
+    return { disk: join(dir, "disk.ext4"), memoryPath: join(dir, "memory.ram"), statePath: join(dir, "state.bin") };
   }
 
   start(build: BuildRecord): void {
@@ -89,7 +97,8 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       outcome = { buildState: "SUCCESSFUL", snapshotBuild: await this.assemble(build, version) };
       buildLog.info({ snapshotBuild: outcome.snapshotBuild }, "build succeeded");
     } catch (error) {
-      const reason = error instanceof ArtifactError || error instanceof BuildError ? error.message : `Internal error: ${(error as Error).message}`;
+      const userCaused = error instanceof ArtifactError || error instanceof BuildError || error instanceof HookFailure;
+      const reason = userCaused ? error.message : `Internal error: ${(error as Error).message}`;
       buildLog.warn({ err: error }, "build failed");
       outcome = { buildState: "FAILED", stateReason: reason };
       await rm(join(this.deps.dataDir, "builds", build.buildId), { recursive: true, force: true });
@@ -137,13 +146,56 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
         environment: config.environmentVariables ?? {},
         workdir: "/var/task",
         user: unprivileged ? "1000:1000" : "root",
-        readyPort: config.hooks?.port ?? 8080,
+        readyPort: hooksPort(config.hooks),
       },
       staging: join(dir, "root"),
-      disk: this.diskOf(build.buildId),
+      disk: this.snapshotOf(build.buildId).disk,
       addCode: async (task) => (await fetchCodeArtifact(config.codeArtifact.uri!, task)).sizeInBytes,
     });
-    return { codeInstallSizeInBytes: sizes.codeSizeInBytes, diskSnapshotSizeInBytes: sizes.diskSizeInBytes, memorySnapshotSizeInBytes: 0 };
+    const snapshot = await this.snapshot(build, config, assets);
+    return { codeInstallSizeInBytes: sizes.codeSizeInBytes, ...snapshot };
+  }
+
+  /**
+   * The only cold boot of the version: the application initialises once, the
+   * ready and validate hooks pass, and memory and disk are saved for every
+   * MicroVM to start from.
+   */
+  private async snapshot(build: BuildRecord, config: VersionConfig, assets: GuestAssets) {
+    const files = this.snapshotOf(build.buildId);
+    const dir = dirname(files.disk);
+    const vm = await this.deps.driver.start({
+      name: build.buildId,
+      runDir: join(dir, "run"),
+      kernel: assets.kernel,
+      initrd: assets.initrd,
+      disk: { path: files.disk, format: "raw" },
+      memoryMiB: guestMemoryMiB(config),
+      memory: { path: files.memoryPath, share: true },
+      egress: (config.egressNetworkConnectors ?? []).includes("INTERNET_EGRESS"),
+    });
+    // The build's own output (the application's initialisation) is kept beside the snapshot.
+    const output = createWriteStream(join(dir, "output.log"), { flags: "a" });
+    vm.onAgentEvent((event) => {
+      if (event.kind === "stdout" || event.kind === "stderr") output.write(`${event.line}\n`);
+    });
+    try {
+      const port = hooksPort(config.hooks);
+      await vm.whenReady(enabledHook(config.hooks, "ready") ?? this.deps.startTimeoutMs).catch((error: Error) => {
+        throw new BuildError(`The application did not start listening on port ${port}: ${error.message}`);
+      });
+      await callHook(vm, config.hooks, "ready");
+      await callHook(vm, config.hooks, "validate");
+      await vm.snapshot(files.statePath);
+    } finally {
+      await vm.stop(2_000);
+      await new Promise<void>((resolve) => output.end(resolve));
+      await rm(join(dir, "run"), { recursive: true, force: true });
+    }
+    return {
+      diskSnapshotSizeInBytes: await allocatedBytes(files.disk),
+      memorySnapshotSizeInBytes: (await allocatedBytes(files.memoryPath)) + (await allocatedBytes(files.statePath)),
+    };
   }
 
   /** Records the build's outcome and, once every build of its version has settled, the version's and the image's. */
@@ -180,6 +232,17 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     }
     for (const build of await this.deps.store.buildsInState(["PENDING"])) this.start(build);
   }
+}
+
+/** Memory of a version's MicroVMs (resources[0].minimumMemoryInMiB): its snapshot and every restore use it. */
+export function guestMemoryMiB(config: VersionConfig): number {
+  return config.resources?.[0]?.minimumMemoryInMiB ?? DEFAULT_MEMORY_MIB;
+}
+
+const DEFAULT_MEMORY_MIB = 512;
+
+async function allocatedBytes(path: string): Promise<number> {
+  return (await stat(path)).blocks * 512;
 }
 
 /** A build failure whose message is fit for the build's stateReason as it is. */

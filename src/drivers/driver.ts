@@ -1,9 +1,12 @@
 /**
- * A VM driver starts and stops virtual machines; the engine decides which and
- * when. The first driver is QEMU (src/drivers/qemu); the interface keeps to what
- * a Firecracker driver could do as well: a kernel, an initramfs, one root disk,
- * user-mode networking with loopback forwards, and the agent's channel.
- * Snapshot and restore join it with the snapshot builds.
+ * A VM driver starts, snapshots, restores and stops virtual machines; the
+ * engine decides which and when. The first driver is QEMU (src/drivers/qemu);
+ * the interface keeps to what a Firecracker driver could do as well: a kernel,
+ * an initramfs, one root disk, guest memory in a file, user-mode networking
+ * with loopback forwards, and the agent's channel.
+ *
+ *   start(spec with memory.share) ─► app ready ─► snapshot(statePath) ─► stop
+ *   restore(spec with the same memory file, not shared, + statePath) ─► running where the snapshot left off
  */
 export interface VmSpec {
   /** Names the VM in logs: a MicroVM id or a build id. */
@@ -15,6 +18,12 @@ export interface VmSpec {
   /** The root disk: raw, or a qcow2 overlay on the image's disk. */
   disk: { path: string; format: "raw" | "qcow2" };
   memoryMiB: number;
+  /**
+   * Guest RAM as a file. Shared while a snapshot is built (the file then holds
+   * the memory); private when restoring (pages map lazily, copy-on-write, and
+   * the file never changes, so one snapshot serves many VMs).
+   */
+  memory?: { path: string; share: boolean };
   /** Outbound network access (the INTERNET_EGRESS connector); without it the guest reaches nothing but its forwards. */
   egress: boolean;
 }
@@ -35,6 +44,12 @@ export type AgentEvent =
   | { kind: "exit"; code: number }
   | { kind: "log" | "error"; text: string };
 
+/** The files of a snapshot: device state (small), guest RAM (sparse) and the disk as it was. */
+export interface SnapshotFiles {
+  statePath: string;
+  memoryPath: string;
+}
+
 export interface Vm {
   readonly name: string;
   /** The VM's process id, for adoption and accounting. */
@@ -51,6 +66,11 @@ export interface Vm {
   pause(): Promise<void>;
   /** Runs a paused guest again, with its clock corrected and fresh entropy. */
   resume(): Promise<void>;
+  /**
+   * Saves the VM's device state to `statePath` (its RAM is already in the
+   * shared memory file) and leaves it paused, disk flushed: stop it next.
+   */
+  snapshot(statePath: string): Promise<void>;
   /** Stops the VM: the agent powers it off, or after `graceMs` it is killed. Resolves once the process is gone. */
   stop(graceMs?: number): Promise<VmExit>;
 }
@@ -60,4 +80,10 @@ export interface VmDriver {
   readonly description: string;
   /** Starts a VM and returns once its process runs and its control channels are connected; cleans up after itself on failure. */
   start(spec: VmSpec): Promise<Vm>;
+  /**
+   * Starts a VM from a snapshot: `spec.memory` names the snapshot's memory file
+   * (mapped privately) and `spec.disk` a private copy of its disk. Returns once
+   * the guest runs again, with its clock corrected and fresh entropy.
+   */
+  restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string): Promise<Vm>;
 }

@@ -45,6 +45,8 @@ export async function createEngine(deps: {
   const driver = new QemuDriver(acceleration.accel, version, log.child({ part: "qemu" }));
   const builder = new ImageBuilder({
     store: deps.store,
+    driver,
+    startTimeoutMs: config.startTimeoutSeconds * 1000,
     baseImages: new BaseImages({ dir: join(config.cacheDir, "base-images"), log: log.child({ part: "base-images" }) }),
     assets: () => guestAssets(config.cacheDir),
     platform: deps.platform,
@@ -61,7 +63,6 @@ export async function createEngine(deps: {
     assets: () => guestAssets(config.cacheDir),
     platform: deps.platform,
     dataDir: config.dataDir,
-    startTimeoutMs: config.startTimeoutSeconds * 1000,
     log,
     now: deps.now,
   });

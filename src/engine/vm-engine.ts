@@ -3,7 +3,9 @@ import { mkdir, readFile, rm } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import type { ImageBuilder } from "../builder/image-builder.js";
+import type { Hooks } from "../api/generated/types.js";
+import { guestMemoryMiB, type ImageBuilder } from "../builder/image-builder.js";
+import { callHook, HookFailure } from "../guest/hooks.js";
 import type { Vm, VmDriver } from "../drivers/driver.js";
 import type { GuestAssets } from "../guest/assets.js";
 import { runCommand } from "../process/run-command.js";
@@ -17,12 +19,13 @@ import type { MicrovmLifecycle } from "./lifecycle.js";
 /**
  * The engine with real VMs. Per MicroVM:
  *
- *   run:       PENDING ─► wait for the version's build ─► disk overlay (qcow2 on the build's disk)
- *              ─► driver.start ─► application ready ─► RUNNING (startedAt) ─► max-duration timer
+ *   run:       PENDING ─► wait for the version's build ─► disk overlay (qcow2 on the snapshot's disk)
+ *              ─► driver.restore (memory mapped copy-on-write, clock and entropy resynced)
+ *              ─► run hook (runHookPayload) ─► RUNNING (startedAt) ─► max-duration timer
  *   vm exits:  (not asked to) ─► TERMINATED with the reason (the application exited, QEMU died)
- *   suspend:   SUSPENDING ─► pause the VM (memory kept) ─► SUSPENDED
- *   resume:    PENDING ─► continue the VM, resync its clock ─► RUNNING
- *   terminate: TERMINATING ─► abort a start under way ─► stop the VM ─► remove its files ─► TERMINATED
+ *   suspend:   SUSPENDING ─► suspend hook ─► pause the VM (memory kept) ─► SUSPENDED
+ *   resume:    PENDING ─► continue the VM, resync its clock ─► resume hook ─► RUNNING
+ *   terminate: TERMINATING ─► abort a start under way ─► terminate hook ─► stop the VM ─► remove its files ─► TERMINATED
  *
  * Work on one MicroVM is serialized: each step runs after the previous one on
  * that MicroVM has finished, and a terminate aborts a start that is waiting.
@@ -36,14 +39,10 @@ export interface VmEngineOptions {
   assets: () => Promise<GuestAssets>;
   platform: HostPlatform;
   dataDir: string;
-  /** How long an application may take to listen on its port after the VM starts. */
-  startTimeoutMs: number;
   log: Logger;
   now: () => Date;
 }
 
-/** Memory of a MicroVM whose image names none (resources[0].minimumMemoryInMiB). */
-const DEFAULT_MEMORY_MIB = 512;
 
 interface Slot {
   /** The MicroVM's work, one step after another. */
@@ -54,6 +53,10 @@ interface Slot {
   maxDurationTimer?: NodeJS.Timeout;
   /** Set when the engine itself stops the VM, so its exit is not a failure. */
   stopping: boolean;
+  /** The image version's hooks (run, suspend, resume, terminate). */
+  hooks?: Hooks;
+  /** Suspended: the guest's CPUs are stopped. */
+  paused?: boolean;
 }
 
 export class VmEngine implements Engine {
@@ -85,7 +88,9 @@ export class VmEngine implements Engine {
       const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
       if (current?.state !== "SUSPENDING") return; // terminated meanwhile
       if (!slot.vm) throw new Error(`MicroVM ${microvm.microvmId} has no VM to suspend`);
+      await this.bestEffortHook(microvm, slot, "suspend");
       await slot.vm.pause();
+      slot.paused = true;
       await this.o.lifecycle.apply(current, "suspended");
     });
   }
@@ -96,6 +101,8 @@ export class VmEngine implements Engine {
       if (current?.state !== "PENDING") return;
       if (!slot.vm) throw new Error(`MicroVM ${microvm.microvmId} has no VM to resume`);
       await slot.vm.resume();
+      slot.paused = false;
+      await this.bestEffortHook(microvm, slot, "resume");
       // startedAt stays: maximumDurationInSeconds counts from the first start, whatever the state since.
       await this.o.lifecycle.apply(current, "started");
     });
@@ -190,8 +197,9 @@ export class VmEngine implements Engine {
       const dir = this.microvmDir(microvm.microvmId);
       await mkdir(dir, { recursive: true });
       const disk = join(dir, "disk.qcow2");
-      // A private copy-on-write layer: the build's disk is shared by every MicroVM of the version.
-      await runCommand("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", this.o.builder.diskOf(build.buildId), disk], {
+      const snapshot = this.o.builder.snapshotOf(build.buildId);
+      // A private copy-on-write layer: the snapshot's disk is shared by every MicroVM of the version and never written.
+      await runCommand("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", snapshot.disk, disk], {
         what: `the disk of MicroVM ${microvm.microvmId}`,
         debianPackage: "qemu-utils",
       });
@@ -199,16 +207,22 @@ export class VmEngine implements Engine {
       signal.throwIfAborted();
 
       const egress = (microvm.config.egressNetworkConnectors ?? version.config.egressNetworkConnectors ?? []).includes("INTERNET_EGRESS");
-      const vm = await this.o.driver.start({
-        name: microvm.microvmId,
-        runDir: join(dir, "run"),
-        kernel: assets.kernel,
-        initrd: assets.initrd,
-        disk: { path: disk, format: "qcow2" },
-        memoryMiB: version.config.resources?.[0]?.minimumMemoryInMiB ?? DEFAULT_MEMORY_MIB,
-        egress,
-      });
+      // Never a cold boot: the application starts where the build's snapshot left it.
+      const vm = await this.o.driver.restore(
+        {
+          name: microvm.microvmId,
+          runDir: join(dir, "run"),
+          kernel: assets.kernel,
+          initrd: assets.initrd,
+          disk: { path: disk, format: "qcow2" },
+          memoryMiB: guestMemoryMiB(version.config),
+          memory: { path: snapshot.memoryPath, share: false },
+          egress,
+        },
+        snapshot.statePath,
+      );
       slot.vm = vm;
+      slot.hooks = version.config.hooks;
       slot.output = createWriteStream(join(dir, "output.log"), { flags: "a" });
       const output = slot.output;
       vm.onAgentEvent((event) => {
@@ -217,9 +231,9 @@ export class VmEngine implements Engine {
       void vm.exited.then((exit) => {
         if (!slot.stopping && !this.closed) this.step(microvm.microvmId, () => this.vmEnded(microvm, slot, exit.reason));
       });
-      mlog.info({ pid: vm.pid, egress }, "VM started");
+      mlog.info({ pid: vm.pid, egress }, "VM restored from its image's snapshot");
 
-      await Promise.race([vm.whenReady(this.o.startTimeoutMs), aborted(signal)]);
+      await Promise.race([callHook(vm, slot.hooks, "run", microvm.config.runHookPayload ?? ""), aborted(signal)]);
       const startedAt = this.o.now();
       const { moved } = await lifecycle.apply(microvm, "started", { startedAt, stateReason: undefined });
       if (!moved) return;
@@ -228,7 +242,8 @@ export class VmEngine implements Engine {
       slot.maxDurationTimer = setTimeout(() => this.maximumDurationReached(microvm), Math.max(0, deadline - Date.now()));
     } catch (error) {
       if (signal.aborted) return; // a terminate (or shutdown) took over; it cleans up
-      const reason = error instanceof StartFailure ? error.message : `The MicroVM could not start: ${(error as Error).message}`;
+      const reason =
+        error instanceof StartFailure || error instanceof HookFailure ? error.message : `The MicroVM could not start: ${(error as Error).message}`;
       mlog.warn({ err: error }, "MicroVM failed to start");
       await this.stopAndClean(microvm.microvmId, slot);
       await lifecycle.apply(microvm, "failed", { stateReason: reason }).catch(() => {});
@@ -288,11 +303,24 @@ export class VmEngine implements Engine {
   }
 
   private async terminate(microvm: MicrovmRecord, slot: Slot): Promise<void> {
+    // A paused (suspended) guest cannot answer; it is stopped as it is.
+    if (slot.vm && !slot.paused) await this.bestEffortHook(microvm, slot, "terminate");
     await this.stopAndClean(microvm.microvmId, slot);
     const current = (await this.o.store.findMicrovm(microvm, microvm.microvmId)) ?? microvm;
     // Its VM may have ended on its own meanwhile, which already made it TERMINATED.
     if (current.state === "TERMINATING") await this.o.lifecycle.apply(current, "terminated");
     this.slots.delete(microvm.microvmId);
+  }
+
+  /**
+   * Calls a hook whose failure does not change what happens next (the
+   * suspension, resumption or termination goes on); its timeout bounds the wait.
+   */
+  private async bestEffortHook(microvm: MicrovmRecord, slot: Slot, name: "suspend" | "resume" | "terminate"): Promise<void> {
+    if (!slot.vm) return;
+    await callHook(slot.vm, slot.hooks, name).catch((error: unknown) =>
+      this.o.log.warn({ err: error, microvmId: microvm.microvmId }, `the ${name} hook failed`),
+    );
   }
 
   /** Stops the VM if one runs and removes the MicroVM's files. */

@@ -138,7 +138,9 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
     // The application's output is kept on the host.
     await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/log?hello-output", auth);
     await eventually(async () => (outputOf(vm.microvmId).includes("to stderr: hello-output") ? true : undefined), "the output log");
-    assert.match(outputOf(vm.microvmId), /bootstrap starting as 1000/);
+    // The application started (and printed this) once, in the build that made the snapshot.
+    const [build] = (await t.client.call("ListMicrovmImageBuilds", { imageIdentifier: "web", imageVersion: "1" })).items as Obj[];
+    assert.match(readFileSync(join(t.dataDir, "builds", build!.buildId, "output.log"), "utf8"), /bootstrap starting as 1000/);
 
     // Terminate: the VM stops, the endpoint answers 404, a second terminate changes nothing.
     await t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId });
@@ -247,13 +249,21 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
   });
 
   test("an application that exits ends its MicroVM with the reason", async () => {
-    const quitter = mkdtempSync(join(tmpdir(), "microvms-app-"));
+    // It serves until asked to quit (GET /cgi-bin/quit), then exits with 3.
+    const quitter = writeTestApp({ quit: "touch /tmp/quit; echo bye" });
     scratch.push(quitter);
-    writeFileSync(join(quitter, "bootstrap"), "#!/bin/sh\necho 'giving up'\nexit 3\n", { mode: 0o755 });
+    writeFileSync(
+      join(quitter, "bootstrap"),
+      "#!/bin/sh\nhttpd -p 8080 -h /var/task/www\nwhile [ ! -f /tmp/quit ]; do sleep 0.2; done\necho 'giving up'\nexit 3\n",
+      { mode: 0o755 },
+    );
     const version = await createImage("quitter", pathToFileURL(quitter).href);
     assert.equal(version.state, "SUCCESSFUL", version.stateReason);
-    const vm = await runUntil({ imageIdentifier: "quitter" }, ["TERMINATED"]);
-    assert.match(vm.stateReason, /exited with code 3/);
+    const vm = await runUntil({ imageIdentifier: "quitter" }, ["RUNNING", "TERMINATED"]);
+    assert.equal(vm.state, "RUNNING", vm.stateReason);
+    await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/quit", { "X-aws-proxy-auth": await tokenFor(vm.microvmId) });
+    const ended = await untilState(vm.microvmId, ["TERMINATED"]);
+    assert.match(ended.stateReason, /exited with code 3/);
     assert.match(outputOf(vm.microvmId), /giving up/);
     assert.deepEqual(qemuProcesses(vm.microvmId), []);
   });
@@ -282,6 +292,13 @@ describe("builds that fail", { concurrency: true }, () => {
     scratch.push(dir);
     writeFileSync(join(dir, "app.zip"), "just text");
     assert.match(await failedBuild("text", pathToFileURL(join(dir, "app.zip")).href), /not a directory, a zip or a tar/);
+  });
+
+  test("an application that exits during the build", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "microvms-app-"));
+    scratch.push(dir);
+    writeFileSync(join(dir, "bootstrap"), "#!/bin/sh\necho 'giving up'\nexit 3\n", { mode: 0o755 });
+    assert.match(await failedBuild("exits-early", pathToFileURL(dir).href), /did not start listening on port 8080: The application exited with code 3/);
   });
 
   test("an artifact without bootstrap", async () => {

@@ -80,3 +80,70 @@ export function qemuProcesses(needle: string): number[] {
   }
   return pids;
 }
+
+/**
+ * An application with an expensive initialisation and a hooks listener, for
+ * snapshot builds: `bootstrap` initialises once (the build's cold boot), then
+ * serves HTTP on 8080 and hooks on 9000 (BusyBox nc running hook.sh per
+ * request). Hook behaviour comes from the image's environment (HOOK_READY=fail,
+ * HOOK_VALIDATE=slow...) or, for `run`, from the payload ("fail", "slow").
+ * Runs as root (additionalOsCapabilities ["ALL"]) so it can write to its disk.
+ */
+export function writeSnapshotApp(): string {
+  const dir = writeTestApp({
+    initialized: "cat /tmp/initialized-at",
+    hooks: "cat /tmp/hooks-called",
+    payload: "cat /tmp/run-payload",
+    // A counter in guest memory (/tmp is tmpfs).
+    count: "n=$(( $(cat /tmp/count 2>/dev/null || echo 0) + 1 )); echo $n > /tmp/count; echo $n",
+    mark: "mkdir -p /srv && echo \"$QUERY_STRING\" > /srv/mark && echo marked",
+    "read-mark": "cat /srv/mark 2>/dev/null || echo none",
+  });
+  writeFileSync(
+    join(dir, "bootstrap"),
+    [
+      "#!/bin/sh",
+      "# The expensive initialisation, done once, at build time.",
+      "sleep 1",
+      "head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /tmp/initialized-at",
+      'echo "initialized at $(cat /tmp/initialized-at)"',
+      "nc -ll -p 9000 -e /var/task/hook.sh &",
+      "exec httpd -f -p 8080 -h /var/task/www",
+      "",
+    ].join("\n"),
+    { mode: 0o755 },
+  );
+  writeFileSync(
+    join(dir, "hook.sh"),
+    [
+      "#!/bin/sh",
+      "# One hook request on stdin/stdout: POST /<hook>.",
+      "read -r method path rest",
+      "len=0",
+      "while IFS= read -r line; do",
+      "  line=$(printf '%s' \"$line\" | tr -d '\\r')",
+      '  [ -z "$line" ] && break',
+      '  case "$line" in [Cc]ontent-[Ll]ength:*) len=$(echo "${line#*:}" | tr -d " ") ;; esac',
+      "done",
+      'body=$(head -c "$len")',
+      "hook=${path#/}",
+      'echo "hook $hook called" >&2',
+      'echo "$hook" >> /tmp/hooks-called',
+      'case "$hook" in',
+      '  ready) mode=${HOOK_READY:-ok} ;;',
+      '  validate) mode=${HOOK_VALIDATE:-ok} ;;',
+      '  run) printf "%s" "$body" > /tmp/run-payload; mode=$body ;;',
+      "  *) mode=ok ;;",
+      "esac",
+      'case "$mode" in',
+      '  *fail*) status="500 Internal Server Error"; text="$hook refused" ;;',
+      '  *slow*) sleep 30; status="200 OK"; text=late ;;',
+      '  *) status="200 OK"; text=ok ;;',
+      "esac",
+      "printf 'HTTP/1.0 %s\\r\\nContent-Length: %s\\r\\nConnection: close\\r\\n\\r\\n%s' \"$status\" \"${#text}\" \"$text\"",
+      "",
+    ].join("\n"),
+    { mode: 0o755 },
+  );
+  return dir;
+}

@@ -9,6 +9,7 @@ import { join } from "node:path";
  * - virtio-balloon free page reporting hands memory the guest frees back to the host.
  * - user-mode networking, `restrict=on` unless the MicroVM has egress: the guest
  *   then reaches nothing but the forwards the host adds (hostfwd_add).
+ * - guest RAM in a memory-backend-file when snapshotting or restoring (see snapshot()).
  * - QMP and the agent's virtio-serial port are unix sockets QEMU listens on,
  *   so the host can connect again after its own restart.
  */
@@ -40,8 +41,11 @@ export interface QemuMachine {
   /** Without a disk the agent runs from the initramfs (used to probe acceleration). */
   disk?: { path: string; format: "raw" | "qcow2" };
   memoryMiB: number;
+  memory?: { path: string; share: boolean };
   egress: boolean;
   layout: QemuLayout;
+  /** Wait for a migration stream (a snapshot) instead of booting. */
+  incoming?: boolean;
 }
 
 /** Kernel command line: the agent's stage 1 mounts root= itself (virtio_blk is a module). */
@@ -53,8 +57,13 @@ function kernelCommandLine(machine: QemuMachine): string {
 
 export function qemuArguments(machine: QemuMachine): string[] {
   const { layout } = machine;
+  // Guest RAM in a file: with x-ignore-shared, snapshots then carry only device state.
+  const memory = machine.memory
+    ? ["-object", `memory-backend-file,id=ram,size=${machine.memoryMiB}M,mem-path=${machine.memory.path},share=${machine.memory.share ? "on" : "off"}`]
+    : [];
   const args = [
-    "-M", "q35",
+    "-M", machine.memory ? "q35,memory-backend=ram" : "q35",
+    ...memory,
     ...(machine.accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg,tb-size=32"]),
     "-m", String(machine.memoryMiB),
     "-smp", "1",
@@ -69,9 +78,12 @@ export function qemuArguments(machine: QemuMachine): string[] {
     "-chardev", `socket,id=agent,path=${layout.agentSocket},server=on,wait=off`,
     "-device", "virtserialport,chardev=agent,name=microvms.agent",
     "-device", "virtio-balloon-pci,free-page-reporting=on",
+    // A new generation id in every VM restored from a snapshot, for guest kernels that reseed from it.
+    "-device", "vmgenid,guid=auto",
     "-qmp", `unix:${layout.qmpSocket},server=on,wait=off`,
     "-pidfile", layout.pidFile,
   ];
+  if (machine.incoming) args.push("-incoming", "defer");
   if (machine.disk) {
     args.push(
       "-drive", `file=${machine.disk.path},format=${machine.disk.format},if=none,id=root,cache=writeback`,

@@ -15,10 +15,14 @@ import { Qmp } from "./qmp.js";
  *          ─► connect QMP ─► connect the agent's channel ─► Vm
  *          (any failure: kill the process group, wait for it, throw with QEMU's last words)
  *   agent: hello ─► send clock and entropy │ ready ─► whenReady() │ exit <code> ─► kept for the reason
+ *   snapshot: x-ignore-shared ─► stop ─► migrate to exec:cat > state ─► completed (paused, disk flushed)
+ *   restore:  spawn with -incoming defer and the memory file mapped privately ─► x-ignore-shared
+ *             ─► migrate-incoming exec:cat state ─► completed ─► cont ─► clock and entropy to the agent
  *   stop:  agent poweroff ─► (grace) QMP quit ─► (1 s) SIGKILL the group ─► exited
  */
 const CONNECT_TIMEOUT_MS = 15_000;
 const AGENT_TIMEOUT_MS = 10_000;
+const MIGRATION_TIMEOUT_MS = 120_000;
 
 export const QEMU_BINARY = "qemu-system-x86_64";
 
@@ -38,6 +42,19 @@ export class QemuDriver implements VmDriver {
     const layout = qemuLayout(spec.runDir);
     const machine: QemuMachine = { ...spec, accel: this.accel, layout };
     return launch(machine, spec.name, this.log.child({ vm: spec.name }));
+  }
+
+  async restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string): Promise<Vm> {
+    await mkdir(spec.runDir, { recursive: true });
+    const layout = qemuLayout(spec.runDir);
+    const vm = await launch({ ...spec, accel: this.accel, layout, incoming: true }, spec.name, this.log.child({ vm: spec.name }));
+    try {
+      await vm.restoreFrom(statePath);
+      return vm;
+    } catch (error) {
+      await vm.stop(0);
+      throw error;
+    }
   }
 }
 
@@ -68,7 +85,8 @@ export async function launch(machine: QemuMachine, name: string, log: Logger): P
     const agent = new AgentChannel(await connectWhenListening(machine.layout.agentSocket, CONNECT_TIMEOUT_MS, () => gone));
     if (child.pid === undefined) throw new Error("QEMU has no pid");
     log.debug({ pid: child.pid, accel: machine.accel, memoryMiB: machine.memoryMiB }, "QEMU started");
-    return new QemuVm(name, child.pid, qmp, agent, exit, machine.layout, log);
+    // A restored guest is past its boot: its application already listens.
+    return new QemuVm(name, child.pid, qmp, agent, exit, machine.layout, log, machine.incoming === true);
   } catch (error) {
     qmp?.close();
     if (child.pid !== undefined && !gone) killGroup(child.pid);
@@ -76,6 +94,11 @@ export async function launch(machine: QemuMachine, name: string, log: Logger): P
     const detail = await lastLines(machine.layout.qemuLog, 5);
     throw new Error(`QEMU did not start for ${name}${detail ? `: ${detail}` : ""} (${error instanceof Error ? error.message : String(error)})`);
   }
+}
+
+/** QEMU runs exec: migration URIs through /bin/sh. */
+function shellQuote(path: string): string {
+  return `'${path.replaceAll("'", `'\\''`)}'`;
 }
 
 function killGroup(pid: number): void {
@@ -112,7 +135,9 @@ export class QemuVm implements Vm {
     processExit: Promise<{ code: number | null; signal: string | null }>,
     readonly layout: QemuLayout,
     private readonly log: Logger,
+    restoring: boolean,
   ) {
+    this.ready = restoring;
     agent.on("frame", (frame) => this.receive(frame));
     this.exited = processExit.then(async ({ code, signal }) => {
       this.hasExited = true;
@@ -199,6 +224,35 @@ export class QemuVm implements Vm {
     const port = forwardedHostPort(await this.qmp.hmp("info usernet"), guestPort);
     if (port === undefined) throw new Error(`QEMU did not report the forward to guest port ${guestPort}`);
     return port;
+  }
+
+  async snapshot(statePath: string): Promise<void> {
+    await this.qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+    await this.qmp.execute("stop");
+    await this.qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(statePath)}` });
+    await this.migrationCompleted();
+  }
+
+  /** Loads a snapshot into this VM (started with -incoming defer) and runs it. */
+  async restoreFrom(statePath: string): Promise<void> {
+    await this.qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+    await this.qmp.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(statePath)}` });
+    await this.migrationCompleted();
+    await this.qmp.execute("cont");
+    await this.agent.resync(AGENT_TIMEOUT_MS);
+  }
+
+  private async migrationCompleted(): Promise<void> {
+    const deadline = Date.now() + MIGRATION_TIMEOUT_MS;
+    for (;;) {
+      const state = await this.qmp.execute<{ status?: string; "error-desc"?: string }>("query-migrate");
+      if (state.status === "completed") return;
+      if (state.status === "failed" || state.status === "cancelled") {
+        throw new Error(`the snapshot ${state.status === "failed" ? "failed" : "was cancelled"}${state["error-desc"] ? `: ${state["error-desc"]}` : ""}`);
+      }
+      if (Date.now() > deadline) throw new Error(`the snapshot did not complete within ${MIGRATION_TIMEOUT_MS / 1000} s`);
+      await sleep(5);
+    }
   }
 
   async pause(): Promise<void> {

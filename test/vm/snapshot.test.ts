@@ -1,0 +1,155 @@
+import assert from "node:assert/strict";
+import { readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { pathToFileURL } from "node:url";
+import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, type TestServer } from "../support/server.js";
+import { callEndpoint, qemuProcesses, writeSnapshotApp } from "./support.js";
+
+/**
+ * Snapshot builds and hooks with real guests: the application initialises once
+ * at build time, the ready and validate hooks run before the snapshot, and
+ * every MicroVM restores it (state made before the snapshot is there at once)
+ * and gets the run hook with its own payload.
+ */
+const BUILD_TIMEOUT = 180_000;
+const RUN_TIMEOUT = 120_000;
+type Obj = Record<string, any>;
+
+let t: TestServer;
+let appDir: string;
+
+const hooks = (extra: Obj = {}) => ({
+  port: 9000,
+  microvmImageHooks: { ready: "ENABLED", validate: "ENABLED", ...extra.image },
+  microvmHooks: { run: "ENABLED", runTimeoutInSeconds: 3, terminate: "ENABLED", ...extra.microvm },
+});
+
+async function build(name: string, extra: Obj = {}): Promise<Obj> {
+  await t.client.call("CreateMicrovmImage", {
+    name,
+    baseImageArn: BUSYBOX,
+    buildRoleArn: BUILD_ROLE,
+    codeArtifact: { uri: pathToFileURL(appDir).href },
+    additionalOsCapabilities: ["ALL"],
+    resources: [{ minimumMemoryInMiB: 256 }],
+    hooks: hooks(),
+    ...extra,
+  });
+  return eventually(
+    async () => {
+      const v = await t.client.call("GetMicrovmImageVersion", { imageIdentifier: name, imageVersion: "1" });
+      return v.state === "SUCCESSFUL" || v.state === "FAILED" ? v : undefined;
+    },
+    `image ${name} to build`,
+    BUILD_TIMEOUT,
+  );
+}
+
+async function run(input: { imageIdentifier: string } & Obj, states: string[]): Promise<Obj> {
+  const { microvmId } = await t.client.call("RunMicrovm", input);
+  return eventually(
+    async () => {
+      const m = await t.client.call("GetMicrovm", { microvmIdentifier: microvmId as string });
+      return states.includes(m.state as string) ? m : undefined;
+    },
+    `MicroVM ${microvmId} to reach ${states.join(" or ")}`,
+    RUN_TIMEOUT,
+  );
+}
+
+async function get(vm: Obj, path: string): Promise<string> {
+  const { authToken } = await t.client.call("CreateMicrovmAuthToken", { microvmIdentifier: vm.microvmId, allowedPorts: [{ port: 8080 }], expirationInMinutes: 5 });
+  const answer = await callEndpoint(vm.endpoint, t.server.proxyUrl, path, authToken as Record<string, string>);
+  assert.equal(answer.status, 200, `${path}: ${answer.body}`);
+  return answer.body.trim();
+}
+
+before(async () => {
+  t = await startVmTestServer();
+  appDir = writeSnapshotApp();
+});
+
+after(async () => {
+  await t?.stop();
+  rmSync(appDir, { recursive: true, force: true });
+  assert.deepEqual(qemuProcesses(t.dataDir), []);
+});
+
+describe("snapshot builds", { concurrency: true }, () => {
+  let version: Obj;
+  before(async () => {
+    version = await build("snap");
+  });
+
+  test("MicroVMs start from the snapshot: initialised once, independent, each with its run payload", async () => {
+    assert.equal(version.state, "SUCCESSFUL", version.stateReason);
+    const [summary] = (await t.client.call("ListMicrovmImageBuilds", { imageIdentifier: "snap", imageVersion: "1" })).items as Obj[];
+    const buildInfo: Obj = await t.client.call("GetMicrovmImageBuild", { imageIdentifier: "snap", imageVersion: "1", buildId: summary!.buildId });
+    const sizes = buildInfo.snapshotBuild;
+    assert.ok(sizes.codeInstallSizeInBytes > 0 && sizes.diskSnapshotSizeInBytes > 0, JSON.stringify(sizes));
+    // Guest RAM in the snapshot: what the guest touched, not all of its 256 MiB.
+    assert.ok(sizes.memorySnapshotSizeInBytes > 1 << 20 && sizes.memorySnapshotSizeInBytes < 256 << 20, JSON.stringify(sizes));
+    // The application's initialisation ran once, during the build.
+    const buildOutput = readFileSync(join(t.dataDir, "builds", summary!.buildId, "output.log"), "utf8");
+    assert.match(buildOutput, /initialized at [0-9a-f]{16}/);
+
+    const [a, b] = await Promise.all([
+      run({ imageIdentifier: "snap", runHookPayload: "tenant-a" }, ["RUNNING", "TERMINATED"]),
+      run({ imageIdentifier: "snap", runHookPayload: "tenant-b" }, ["RUNNING", "TERMINATED"]),
+    ]);
+    for (const vm of [a!, b!]) assert.equal(vm.state, "RUNNING", vm.stateReason);
+    // State made before the snapshot is there at once, the same in both.
+    const stamp = await get(a!, "/cgi-bin/initialized");
+    assert.match(stamp, /^[0-9a-f]{16}$/);
+    assert.equal(await get(b!, "/cgi-bin/initialized"), stamp);
+    assert.ok(buildOutput.includes(`initialized at ${stamp}`));
+    // The hooks ran in order: ready and validate at build time, run after the restore.
+    assert.deepEqual((await get(a!, "/cgi-bin/hooks")).split("\n"), ["ready", "validate", "run"]);
+    assert.equal(await get(a!, "/cgi-bin/payload"), "tenant-a");
+    assert.equal(await get(b!, "/cgi-bin/payload"), "tenant-b");
+    // Memory and disk are each MicroVM's own.
+    assert.deepEqual([await get(a!, "/cgi-bin/count"), await get(a!, "/cgi-bin/count"), await get(b!, "/cgi-bin/count")], ["1", "2", "1"]);
+    assert.equal(await get(a!, "/cgi-bin/mark?from-a"), "marked");
+    assert.equal(await get(a!, "/cgi-bin/read-mark"), "from-a");
+    assert.equal(await get(b!, "/cgi-bin/read-mark"), "none");
+
+    // The terminate hook runs before the VM stops.
+    await Promise.all([a!, b!].map((vm) => t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId })));
+    await eventually(async () => ((await t.client.call("GetMicrovm", { microvmIdentifier: a!.microvmId })).state === "TERMINATED" ? true : undefined), "A to end");
+    assert.match(readFileSync(join(t.dataDir, "microvms", a!.microvmId, "output.log"), "utf8"), /hook terminate called/);
+    // Restores did not re-run the initialisation.
+    assert.doesNotMatch(readFileSync(join(t.dataDir, "microvms", a!.microvmId, "output.log"), "utf8"), /initialized at/);
+  });
+
+  test("a run hook that fails or times out terminates the MicroVM with the reason", async () => {
+    const [failed, slow] = await Promise.all([
+      run({ imageIdentifier: "snap", runHookPayload: "please fail" }, ["RUNNING", "TERMINATED"]),
+      run({ imageIdentifier: "snap", runHookPayload: "be slow" }, ["RUNNING", "TERMINATED"]),
+    ]);
+    assert.equal(failed!.state, "TERMINATED");
+    assert.match(failed!.stateReason, /run hook \(POST \/run on port 9000\) answered HTTP 500/);
+    assert.equal(slow!.state, "TERMINATED");
+    assert.match(slow!.stateReason, /run hook \(POST \/run on port 9000\) did not answer within 3 s/);
+    for (const vm of [failed!, slow!]) assert.deepEqual(qemuProcesses(vm.microvmId), []);
+  });
+});
+
+describe("build hooks that fail", { concurrency: true }, () => {
+  test("a failing ready hook fails the build", async () => {
+    const v = await build("ready-fails", { environmentVariables: { HOOK_READY: "fail" } });
+    assert.equal(v.state, "FAILED");
+    assert.match(v.stateReason, /ready hook \(POST \/ready on port 9000\) answered HTTP 500: ready refused/);
+    const image = await t.client.call("GetMicrovmImage", { imageIdentifier: "ready-fails" });
+    assert.deepEqual([image.state, image.latestFailedImageVersion], ["CREATE_FAILED", "1"]);
+  });
+
+  test("a validate hook that times out fails the build", async () => {
+    const v = await build("validate-slow", {
+      environmentVariables: { HOOK_VALIDATE: "slow" },
+      hooks: hooks({ image: { validateTimeoutInSeconds: 2 } }),
+    });
+    assert.equal(v.state, "FAILED");
+    assert.match(v.stateReason, /validate hook \(POST \/validate on port 9000\) did not answer within 2 s/);
+  });
+});
