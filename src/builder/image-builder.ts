@@ -68,6 +68,15 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     this.running.set(build.buildId, work);
   }
 
+  /** Frees the snapshots of deleted versions: every build's disk, memory and state files. */
+  async release(imageId: string, versions: number[]): Promise<void> {
+    for (const version of versions) {
+      for (const build of (await this.deps.store.listBuilds(imageId, version, { limit: 100 })).items) {
+        await rm(join(this.deps.dataDir, "builds", build.buildId), { recursive: true, force: true });
+      }
+    }
+  }
+
   /** Waits for every build under way (server shutdown). */
   async idle(): Promise<void> {
     await Promise.allSettled([...this.running.values()]);

@@ -22,6 +22,8 @@ export interface Engine {
   terminateMicrovm(microvm: MicrovmRecord): void;
   /** A build was recorded PENDING: run it and record its outcome. */
   startBuild(build: BuildRecord): void;
+  /** Versions were deleted (nothing uses them: the API refuses while MicroVMs or builds do): free their snapshots. */
+  versionsDeleted(imageId: string, versions: number[]): void;
   /** Where the endpoint proxy reaches `guestPort` of the MicroVM's VM; throws TargetUnavailable when no VM runs. */
   connect(microvmId: string, guestPort: number): Promise<{ host: string; port: number }>;
   /** Traffic through the endpoint: the idle policy's clock. */

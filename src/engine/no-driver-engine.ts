@@ -49,6 +49,8 @@ export class NoDriverEngine implements Engine {
 
   activity(): void {}
 
+  versionsDeleted(): void {} // no builds, no files
+
   async reconcile(): Promise<void> {
     for (const microvm of await this.store.microvmsInState(["TERMINATING"])) await this.finishTermination(microvm);
   }

@@ -117,6 +117,12 @@ export class VmEngine implements Engine {
     this.o.builder.start(build);
   }
 
+  versionsDeleted(imageId: string, versions: number[]): void {
+    this.o.builder.release(imageId, versions).catch((error: unknown) =>
+      this.o.log.error({ err: error, imageId, versions }, "could not free the files of deleted versions"),
+    );
+  }
+
   /**
    * Settles what a previous run of the server left. Its VMs died with it (the
    * driver does not adopt VMs yet): RUNNING ones are terminated with a reason,

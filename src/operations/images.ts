@@ -241,12 +241,13 @@ export function imageHandlers(services: Services): Pick<
 
     async DeleteMicrovmImage(input, { owner }) {
       const now = services.now();
-      return store.transaction(async (tx) => {
+      let freed: { imageId: string; versions: number[] } | undefined;
+      const result = await store.transaction(async (tx) => {
         const name = imageNameOf(owner, input.imageIdentifier);
         const image = await tx.findImage(owner, name);
         if (!image) {
           // Deleting an image that was already deleted succeeds, as the spec says.
-          if (await tx.findDeletedImage(owner, name)) return { imageIdentifier: input.imageIdentifier, state: "DELETED" };
+          if (await tx.findDeletedImage(owner, name)) return { imageIdentifier: input.imageIdentifier, state: "DELETED" as const };
           throw notFound("MicrovmImage", input.imageIdentifier, `MicroVM image ${input.imageIdentifier} does not exist.`);
         }
         const live = await tx.countLiveMicrovms({ imageId: image.imageId });
@@ -258,10 +259,12 @@ export function imageHandlers(services: Services): Pick<
           );
         }
         await refuseWhileBuilding(tx, image, undefined);
-        await markVersionsDeleted(tx, image, now);
+        freed = { imageId: image.imageId, versions: await markVersionsDeleted(tx, image, now) };
         await tx.updateImage(image.imageId, { state: "DELETED", deletedAt: now, updatedAt: now });
-        return { imageIdentifier: input.imageIdentifier, state: "DELETED" };
+        return { imageIdentifier: input.imageIdentifier, state: "DELETED" as const };
       });
+      if (freed) engine.versionsDeleted(freed.imageId, freed.versions);
+      return result;
     },
   };
 }
@@ -279,13 +282,18 @@ export async function refuseWhileBuilding(store: Store, image: ImageRecord, vers
   }
 }
 
-async function markVersionsDeleted(store: Store, image: ImageRecord, now: Date): Promise<void> {
+/** Marks every version of the image DELETED; returns their numbers. */
+async function markVersionsDeleted(store: Store, image: ImageRecord, now: Date): Promise<number[]> {
+  const deleted: number[] = [];
   let after: (string | number)[] | undefined;
   for (;;) {
     const page = await store.listVersions(image.imageId, { after, limit: 100 });
-    for (const v of page.items) await store.updateVersion(image.imageId, v.version, { state: "DELETED", updatedAt: now });
+    for (const v of page.items) {
+      await store.updateVersion(image.imageId, v.version, { state: "DELETED", updatedAt: now });
+      deleted.push(v.version);
+    }
     const last = page.items[page.items.length - 1];
-    if (!page.more || !last) return;
+    if (!page.more || !last) return deleted;
     after = [last.version];
   }
 }

@@ -67,7 +67,8 @@ export function versionHandlers(services: Services): Pick<
 
     async DeleteMicrovmImageVersion(input, { owner }) {
       const now = services.now();
-      return store.transaction(async (tx) => {
+      let freed: { imageId: string; versions: number[] } | undefined;
+      const result = await store.transaction(async (tx) => {
         const image = await resolveImage(tx, owner, input.imageIdentifier);
         const number = parseVersion(input.imageVersion);
         const version = number === undefined ? undefined : await tx.findVersion(image.imageId, number);
@@ -92,8 +93,12 @@ export function versionHandlers(services: Services): Pick<
         }
         await refuseWhileBuilding(tx, image, version.version);
         await tx.updateVersion(image.imageId, version.version, { state: "DELETED", updatedAt: now });
+        freed = { imageId: image.imageId, versions: [version.version] };
         return done;
       });
+      // Recorded first, then the files go: a crash in between leaves files, never a version without them.
+      if (freed) services.engine.versionsDeleted(freed.imageId, freed.versions);
+      return result;
     },
   };
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -115,6 +115,17 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
       BUILD_TIMEOUT,
     );
     assert.deepEqual([image.state, image.latestActiveImageVersion], ["UPDATED", "2"]);
+
+    // Deleting a version frees its snapshot; the other version keeps its own.
+    const buildDir = async (version: string) => {
+      const [build] = (await t.client.call("ListMicrovmImageBuilds", { imageIdentifier: "updated", imageVersion: version })).items as Obj[];
+      return join(t.dataDir, "builds", build!.buildId);
+    };
+    const [one, two] = [await buildDir("1"), await buildDir("2")];
+    assert.ok(existsSync(join(one, "memory.ram")) && existsSync(join(two, "memory.ram")));
+    await t.client.call("DeleteMicrovmImageVersion", { imageIdentifier: "updated", imageVersion: "1" });
+    await eventually(async () => (existsSync(one) ? undefined : true), "version 1's files to go");
+    assert.ok(existsSync(join(two, "disk.ext4")));
   });
 
   test("a MicroVM runs the image and answers through its endpoint", async () => {
