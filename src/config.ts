@@ -1,5 +1,6 @@
 import { homedir } from "node:os";
 import { join } from "node:path";
+import { s3SettingsFromEnv, type S3Settings } from "./builder/s3.js";
 
 /**
  * Server configuration. Every setting has a flag of `microvms serve` and an
@@ -27,6 +28,8 @@ export interface ServerConfig {
   maxConcurrentBuilds: number;
   /** How long a MicroVM's application may take to listen on its port once its VM starts. */
   startTimeoutSeconds: number;
+  /** Where s3:// code artifacts come from (MICROVMS_S3_ENDPOINT, _REGION, _ACCESS_KEY_ID...). */
+  s3: S3Settings;
 }
 
 export const defaultDataDir = () => join(homedir(), ".local", "share", "microvms");
@@ -61,6 +64,7 @@ export function resolveConfig(flags: Partial<Record<keyof ServerConfig, string>>
     accel: oneOf("acceleration", pick("accel", "MICROVMS_ACCEL"), ["auto", "kvm", "tcg"], "auto"),
     cacheDir: pick("cacheDir", "MICROVMS_CACHE_DIR") || "",
     maxConcurrentBuilds: intSetting("max concurrent builds", pick("maxConcurrentBuilds", "MICROVMS_MAX_CONCURRENT_BUILDS"), 2, 1, 64),
+    s3: s3SettingsFromEnv(env),
     startTimeoutSeconds: intSetting("start timeout", pick("startTimeoutSeconds", "MICROVMS_START_TIMEOUT_SECONDS"), 120, 1, 3600),
   };
   if (!config.cacheDir) config.cacheDir = join(config.dataDir, "cache");

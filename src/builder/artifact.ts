@@ -1,10 +1,12 @@
 /**
  * Fetching a build's code artifact into the directory that is laid over the base image.
  *
- *   uri ─ fetcherFor ─┬─ file:///path ─ stat, magic bytes ─┬─ directory ─ copyDirectory ─┐
- *                     ├─ s3://bucket/key   (not yet)       ├─ zip ─────── unpackZip ─────┼─ ArtifactWriter(dest)
- *                     └─ registry/repo:tag (not yet)       └─ tar[.gz] ── unpackTar ─────┘        │
- *                                                                              finish ─ bootstrap at the root
+ *   uri ─ fetcherFor ─┬─ file:///path ─ stat ─┬─ directory ── copyDirectory ───────────────────────┐
+ *                     │                       └─ file ───────┐                                     │
+ *                     ├─ s3://bucket/key ─ temporary file ───┴─ unpackArchive ─┬─ zip ─ unpackZip ─┤
+ *                     │                    (s3.ts)               (magic bytes) └─ tar ─ unpackTar ─┴─ ArtifactWriter(dest)
+ *                     └─ registry/repo:tag (not yet)                                                         │
+ *                                                                                                         finish ─ bootstrap at the root
  *
  * Every user-caused failure is an ArtifactError whose message becomes the build's stateReason.
  * On failure `dest` may hold part of the artifact; the caller removes it.
@@ -14,16 +16,20 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ArtifactError } from "./artifact-error.js";
 import { copyDirectory } from "./directory.js";
+import { s3SettingsFromEnv, withS3Object, type S3Settings } from "./s3.js";
 import { unpackTar } from "./tar.js";
 import { ArtifactWriter, defaultMaxUnpackedBytes, describeIoError } from "./unpack.js";
 import { unpackZip } from "./zip.js";
 
 export { ArtifactError } from "./artifact-error.js";
 export { defaultMaxUnpackedBytes } from "./unpack.js";
+export { s3SettingsFromEnv, type S3Settings } from "./s3.js";
 
 export interface FetchCodeArtifactOptions {
   /** Refuse artifacts whose regular files add up to more; Lambda's unzipped limit by default. */
   maxUnpackedBytes?: number;
+  /** Where s3:// artifacts come from; s3SettingsFromEnv() when absent. */
+  s3?: S3Settings;
 }
 
 export interface FetchedCodeArtifact {
@@ -34,12 +40,12 @@ export interface FetchedCodeArtifact {
 }
 
 type ArtifactKind = "directory" | "zip" | "tar";
-type Fetcher = (uri: string, writer: ArtifactWriter) => Promise<ArtifactKind>;
+type Fetcher = (uri: string, writer: ArtifactWriter, opts: FetchCodeArtifactOptions) => Promise<ArtifactKind>;
 
 /** Fetchers by URI scheme. An OCI image reference (registry/repo:tag) has no scheme of its own. */
 const fetchers = new Map<string, Fetcher>([
   ["file", fetchFile],
-  ["s3", notSupportedYet],
+  ["s3", fetchS3],
 ]);
 const fetchOciImage: Fetcher = notSupportedYet;
 
@@ -50,7 +56,7 @@ export async function fetchCodeArtifact(uri: string, dest: string, opts: FetchCo
     throw new RangeError(`maxUnpackedBytes must be a whole number of bytes, not ${maxUnpackedBytes}`);
   }
   const writer = new ArtifactWriter(uri, await realpath(dest), maxUnpackedBytes);
-  const kind = await fetcherFor(uri)(uri, writer);
+  const kind = await fetcherFor(uri)(uri, writer, opts);
   await writer.finish();
   await checkBootstrap(writer, kind);
   return { sizeInBytes: writer.unpackedBytes, entrypoint: "bootstrap" };
@@ -68,7 +74,7 @@ function fetcherFor(uri: string): Fetcher {
 }
 
 async function notSupportedYet(uri: string): Promise<never> {
-  throw new ArtifactError(`Code artifact ${uri} is not supported yet; for now, give a file:/// URI of a directory, zip or tar.`);
+  throw new ArtifactError(`Code artifact ${uri} is not supported yet; for now, give a file:/// URI of a directory, zip or tar, or an s3:// URI.`);
 }
 
 async function fetchFile(uri: string, writer: ArtifactWriter): Promise<ArtifactKind> {
@@ -81,11 +87,28 @@ async function fetchFile(uri: string, writer: ArtifactWriter): Promise<ArtifactK
     await copyDirectory(await realpath(path), writer);
     return "directory";
   }
-  const notAnArchive = new ArtifactError(`Code artifact ${uri} is not a directory, a zip or a tar archive.`);
   // Only regular files are opened: reading a FIFO or a device could block or never end.
-  if (!stats.isFile()) throw notAnArchive;
+  if (!stats.isFile()) throw notAnArchive(uri);
+  return unpackArchive(path, writer);
+}
+
+/** An S3 object is downloaded to a temporary file, then unpacked as a local zip or tar would be. */
+async function fetchS3(uri: string, writer: ArtifactWriter, opts: FetchCodeArtifactOptions): Promise<ArtifactKind> {
+  return withS3Object(uri, opts.s3 ?? s3SettingsFromEnv(), maxArchiveBytes(writer.maxUnpackedBytes), (path) => unpackArchive(path, writer));
+}
+
+/**
+ * The largest archive worth downloading for a given unpacked limit: an archive may outgrow its
+ * contents by its headers and padding (a tar of many small files most), but not by this much.
+ */
+function maxArchiveBytes(maxUnpackedBytes: number): number {
+  return 2 * maxUnpackedBytes + 1_048_576;
+}
+
+/** Unpacks the regular file at `path`, a zip or a tar as its first bytes say, through `writer`. */
+async function unpackArchive(path: string, writer: ArtifactWriter): Promise<"zip" | "tar"> {
   const head = await readHead(path).catch((err: unknown) => {
-    throw new ArtifactError(`Code artifact ${uri} cannot be read: ${describeIoError(err)}.`);
+    throw new ArtifactError(`Code artifact ${writer.uri} cannot be read: ${describeIoError(err)}.`);
   });
   switch (archiveFormat(head)) {
     case "zip":
@@ -95,9 +118,11 @@ async function fetchFile(uri: string, writer: ArtifactWriter): Promise<ArtifactK
       await unpackTar(path, writer);
       return "tar";
     case undefined:
-      throw notAnArchive;
+      throw notAnArchive(writer.uri);
   }
 }
+
+const notAnArchive = (uri: string) => new ArtifactError(`Code artifact ${uri} is not a directory, a zip or a tar archive.`);
 
 /** The local path of an absolute `file:///` URI, percent-decoded. */
 function filePath(uri: string): string {

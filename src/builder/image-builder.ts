@@ -1,6 +1,6 @@
 import { EventEmitter } from "node:events";
 import { createWriteStream } from "node:fs";
-import { mkdir, rm, stat } from "node:fs/promises";
+import { mkdir, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { Logger } from "pino";
 import type { BaseImages } from "../catalogue/base-images.js";
@@ -11,7 +11,7 @@ import { parseImageArn } from "../operations/identifiers.js";
 import type { HostPlatform } from "../platform.js";
 import type { BuildRecord, VersionConfig, VersionRecord } from "../store/records.js";
 import type { Store } from "../store/store.js";
-import { ArtifactError, fetchCodeArtifact } from "./artifact.js";
+import { ArtifactError, fetchCodeArtifact, type S3Settings } from "./artifact.js";
 import { assembleDisk } from "./disk.js";
 
 /**
@@ -45,6 +45,8 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       assets: () => Promise<GuestAssets>;
       platform: HostPlatform;
       driver: VmDriver;
+      /** Where s3:// code artifacts come from. */
+      s3: S3Settings;
       dataDir: string;
       maxConcurrentBuilds: number;
       /** How long an application may take to listen when the ready hook is disabled. */
@@ -138,16 +140,19 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     const base = parseImageArn(config.baseImageArn);
     if (!base) throw new BuildError(`The base image ${config.baseImageArn} is not a managed MicroVM image.`);
     const baseVersion = config.baseImageVersion ?? "1";
-    const baseBuild = await this.deps.baseImages.ensure(base.name, baseVersion).catch((error: Error) => {
-      throw new BuildError(`The base image ${base.name} could not be built: ${error.message}`);
-    });
+    const phases = new Phases();
+    const baseBuild = await phases.time("baseImage", () =>
+      this.deps.baseImages.ensure(base.name, baseVersion).catch((error: Error) => {
+        throw new BuildError(`The base image ${base.name} could not be built: ${error.message}`);
+      }),
+    );
     // ListManagedMicrovmImageVersions shows when this host last built the base image.
     await this.deps.store.managedImageVersionBuilt(base.name, baseVersion, baseBuild.builtAt);
     const assets = await this.deps.assets();
     const dir = join(this.deps.dataDir, "builds", build.buildId);
     await mkdir(dir, { recursive: true });
     const unprivileged = !config.additionalOsCapabilities?.includes("ALL");
-    const sizes = await assembleDisk({
+    const sizes = await phases.time("artifactAndDisk", () => assembleDisk({
       baseRoot: baseBuild.rootDir,
       agent: assets.agent,
       agentConfig: {
@@ -159,9 +164,12 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       },
       staging: join(dir, "root"),
       disk: this.snapshotOf(build.buildId).disk,
-      addCode: async (task) => (await fetchCodeArtifact(config.codeArtifact.uri!, task)).sizeInBytes,
-    });
-    const snapshot = await this.snapshot(build, config, assets);
+      addCode: async (task) => (await fetchCodeArtifact(config.codeArtifact.uri!, task, { s3: this.deps.s3 })).sizeInBytes,
+    }));
+    const snapshot = await this.snapshot(build, config, assets, phases);
+    // How long each phase took, beside the snapshot (and in the log), for whoever tunes builds.
+    await writeFile(join(dir, "phases.json"), JSON.stringify(phases.milliseconds));
+    this.deps.log.info({ buildId: build.buildId, phasesMs: phases.milliseconds }, "build phases");
     return { codeInstallSizeInBytes: sizes.codeSizeInBytes, ...snapshot };
   }
 
@@ -170,9 +178,10 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
    * ready and validate hooks pass, and memory and disk are saved for every
    * MicroVM to start from.
    */
-  private async snapshot(build: BuildRecord, config: VersionConfig, assets: GuestAssets) {
+  private async snapshot(build: BuildRecord, config: VersionConfig, assets: GuestAssets, phases: Phases) {
     const files = this.snapshotOf(build.buildId);
     const dir = dirname(files.disk);
+    const started = performance.now();
     const vm = await this.deps.driver.start({
       name: build.buildId,
       runDir: join(dir, "run"),
@@ -193,11 +202,12 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       await vm.whenReady(enabledHook(config.hooks, "ready") ?? this.deps.startTimeoutMs).catch((error: Error) => {
         throw new BuildError(`The application did not start listening on port ${port}: ${error.message}`);
       });
-      await callHook(vm, config.hooks, "ready");
-      await callHook(vm, config.hooks, "validate");
-      await vm.snapshot(files.statePath);
+      phases.record("coldBootToReady", performance.now() - started);
+      await phases.time("readyHook", () => callHook(vm, config.hooks, "ready"));
+      await phases.time("validateHook", () => callHook(vm, config.hooks, "validate"));
+      await phases.time("snapshot", () => vm.snapshot(files.statePath));
     } finally {
-      await vm.stop(2_000);
+      await phases.time("stop", () => vm.stop(2_000));
       await new Promise<void>((resolve) => output.end(resolve));
       await rm(join(dir, "run"), { recursive: true, force: true });
     }
@@ -249,6 +259,24 @@ export function guestMemoryMiB(config: VersionConfig): number {
 }
 
 const DEFAULT_MEMORY_MIB = 512;
+
+/** Durations of a build's phases, in milliseconds. */
+class Phases {
+  readonly milliseconds: Record<string, number> = {};
+
+  record(name: string, ms: number): void {
+    this.milliseconds[name] = Math.round(ms);
+  }
+
+  async time<T>(name: string, work: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    try {
+      return await work();
+    } finally {
+      this.record(name, performance.now() - started);
+    }
+  }
+}
 
 async function allocatedBytes(path: string): Promise<number> {
   return (await stat(path)).blocks * 512;

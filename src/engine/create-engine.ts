@@ -46,6 +46,7 @@ export async function createEngine(deps: {
   const builder = new ImageBuilder({
     store: deps.store,
     driver,
+    s3: config.s3,
     startTimeoutMs: config.startTimeoutSeconds * 1000,
     baseImages: new BaseImages({ dir: join(config.cacheDir, "base-images"), log: log.child({ part: "base-images" }) }),
     assets: () => guestAssets(config.cacheDir),

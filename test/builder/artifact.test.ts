@@ -279,9 +279,9 @@ describe("fetchCodeArtifact from file:// URIs", () => {
 });
 
 describe("fetchCodeArtifact from other sources", () => {
-  it("does not fetch from S3 yet", async () => {
+  it("hands s3:// URIs to the S3 fetcher (tested against s3rver in s3-artifact.test.ts)", async () => {
     const { dest } = await workspace();
-    await assertRejects(fetchCodeArtifact("s3://bucket/app.zip", dest), /^Code artifact s3:\/\/bucket\/app\.zip is not supported yet/);
+    await assertRejects(fetchCodeArtifact("s3://bucket", dest), /^Code artifact s3:\/\/bucket names no object in bucket bucket/);
   });
 
   it("does not fetch OCI images yet", async () => {

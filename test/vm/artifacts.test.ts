@@ -1,0 +1,106 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import S3rver from "s3rver";
+import { create as createTar } from "tar";
+import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, type TestServer } from "../support/server.js";
+import { callEndpoint, qemuProcesses, writeTestApp } from "./support.js";
+
+/**
+ * Code artifacts from where users keep them, end to end with real guests: an
+ * S3-compatible server (s3rver) and, in the OCI suite, a registry.
+ */
+type Obj = Record<string, any>;
+const scratch: string[] = [];
+let t: TestServer;
+let s3: S3rver;
+
+async function buildAndRun(name: string, uri: string, extra: Obj = {}): Promise<Obj> {
+  await t.client.call("CreateMicrovmImage", { name, baseImageArn: BUSYBOX, buildRoleArn: BUILD_ROLE, codeArtifact: { uri }, ...extra });
+  const version = await eventually(
+    async () => {
+      const v: Obj = await t.client.call("GetMicrovmImageVersion", { imageIdentifier: name, imageVersion: "1" });
+      return v.state === "SUCCESSFUL" || v.state === "FAILED" ? v : undefined;
+    },
+    `image ${name} to build`,
+    180_000,
+  );
+  assert.equal(version.state, "SUCCESSFUL", version.stateReason);
+  const { microvmId } = await t.client.call("RunMicrovm", { imageIdentifier: name });
+  const vm = await eventually(
+    async () => {
+      const m: Obj = await t.client.call("GetMicrovm", { microvmIdentifier: microvmId as string });
+      return m.state === "RUNNING" || m.state === "TERMINATED" ? m : undefined;
+    },
+    `MicroVM of ${name} to run`,
+    120_000,
+  );
+  assert.equal(vm.state, "RUNNING", vm.stateReason);
+  return vm;
+}
+
+async function get(vm: Obj, path: string): Promise<string> {
+  const { authToken } = await t.client.call("CreateMicrovmAuthToken", { microvmIdentifier: vm.microvmId, allowedPorts: [{ port: 8080 }], expirationInMinutes: 5 });
+  const answer = await callEndpoint(vm.endpoint, t.server.proxyUrl, path, authToken as Record<string, string>);
+  assert.equal(answer.status, 200, `${path}: ${answer.body}`);
+  return answer.body.trim();
+}
+
+before(async () => {
+  const root = mkdtempSync(join(tmpdir(), "microvms-s3-"));
+  scratch.push(root);
+  s3 = new S3rver({ address: "127.0.0.1", port: 0, silent: true, directory: root });
+  const { port } = await s3.run();
+  const endpoint = `http://127.0.0.1:${port}`;
+  t = await startVmTestServer({
+    MICROVMS_S3_ENDPOINT: endpoint,
+    MICROVMS_S3_ACCESS_KEY_ID: "S3RVER",
+    MICROVMS_S3_SECRET_ACCESS_KEY: "S3RVER",
+  });
+  // The artifact: the test app as a tar.gz in a bucket, put there with the AWS SDK.
+  const app = writeTestApp();
+  scratch.push(app);
+  const archive = join(root, "app.tar.gz");
+  await createTar({ gzip: true, cwd: app, file: archive, portable: true }, ["."]);
+  const client = new S3Client({ endpoint, region: "us-east-1", forcePathStyle: true, credentials: { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" } });
+  await client.send(new CreateBucketCommand({ Bucket: "artifacts" }));
+  await client.send(new PutObjectCommand({ Bucket: "artifacts", Key: "apps/web/v1.tar.gz", Body: readFileSync(archive) }));
+  client.destroy();
+});
+
+after(async () => {
+  await t?.stop();
+  await s3?.close();
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+  assert.deepEqual(qemuProcesses(t.dataDir), []);
+});
+
+describe("code artifacts", { concurrency: true }, () => {
+  test("an image built from an S3 object runs", async () => {
+    const vm = await buildAndRun("from-s3", "s3://artifacts/apps/web/v1.tar.gz", { environmentVariables: { GREETING: "from S3" } });
+    assert.equal(await get(vm, "/cgi-bin/greet"), "from S3");
+    await t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId });
+  });
+
+  test("a missing S3 object fails the build with a reason", async () => {
+    await t.client.call("CreateMicrovmImage", {
+      name: "s3-missing",
+      baseImageArn: BUSYBOX,
+      buildRoleArn: BUILD_ROLE,
+      codeArtifact: { uri: "s3://artifacts/nope.zip" },
+    });
+    const version = await eventually(
+      async () => {
+        const v: Obj = await t.client.call("GetMicrovmImageVersion", { imageIdentifier: "s3-missing", imageVersion: "1" });
+        return v.state === "FAILED" || v.state === "SUCCESSFUL" ? v : undefined;
+      },
+      "the build to fail",
+      60_000,
+    );
+    assert.equal(version.state, "FAILED");
+    assert.match(version.stateReason, /s3:\/\/artifacts\/nope\.zip does not exist/);
+  });
+});
