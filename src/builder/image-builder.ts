@@ -6,7 +6,7 @@ import type { Logger } from "pino";
 import type { BaseImages } from "../catalogue/base-images.js";
 import type { SnapshotFiles, VmDriver } from "../drivers/driver.js";
 import type { GuestAssets } from "../guest/assets.js";
-import { callHook, enabledHook, HookFailure, hooksPort } from "../guest/hooks.js";
+import { callHook, HookFailure, hooksPort } from "../guest/hooks.js";
 import { parseImageArn } from "../operations/identifiers.js";
 import type { HostPlatform } from "../platform.js";
 import type { BuildRecord, VersionConfig, VersionRecord } from "../store/records.js";
@@ -199,7 +199,8 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     });
     try {
       const port = hooksPort(config.hooks);
-      await vm.whenReady(enabledHook(config.hooks, "ready") ?? this.deps.startTimeoutMs).catch((error: Error) => {
+      // The ready hook's timeout bounds the hook, not the boot before it.
+      await vm.whenReady(this.deps.startTimeoutMs).catch((error: Error) => {
         throw new BuildError(`The application did not start listening on port ${port}: ${error.message}`);
       });
       phases.record("coldBootToReady", performance.now() - started);

@@ -144,6 +144,21 @@ describe("build hooks that fail", { concurrency: true }, () => {
     assert.deepEqual([image.state, image.latestFailedImageVersion], ["CREATE_FAILED", "1"]);
   });
 
+  test("a ready hook that times out fails the build", async () => {
+    const v = await build("ready-slow", {
+      environmentVariables: { HOOK_READY: "slow" },
+      hooks: hooks({ image: { readyTimeoutInSeconds: 2 } }),
+    });
+    assert.equal(v.state, "FAILED");
+    assert.match(v.stateReason, /ready hook \(POST \/ready on port 9000\) did not answer within 2 s/);
+  });
+
+  test("a failing validate hook fails the build", async () => {
+    const v = await build("validate-fails", { environmentVariables: { HOOK_VALIDATE: "fail" } });
+    assert.equal(v.state, "FAILED");
+    assert.match(v.stateReason, /validate hook \(POST \/validate on port 9000\) answered HTTP 500: validate refused/);
+  });
+
   test("a validate hook that times out fails the build", async () => {
     const v = await build("validate-slow", {
       environmentVariables: { HOOK_VALIDATE: "slow" },
