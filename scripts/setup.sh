@@ -9,9 +9,10 @@ cd "$(dirname "$0")/.."
 # musl-tools: builds the guest agent, a static binary. busybox-static: the busybox base image and the initramfs's cpio.
 # e2fsprogs: mkfs.ext4 -d makes image disks without mounting. debootstrap: the Debian base images.
 # curl: the demo calls a MicroVM endpoint with it.
+# docker-registry, skopeo, apache2-utils (htpasswd): OCI artifact tests run a real registry and push with skopeo.
 # awscli: conformance tests drive the server with the stock AWS CLI v2.
 # postgresql: the store suite also runs against PostgreSQL.
-packages=(qemu-system-x86 qemu-utils linux-image-cloud-amd64 musl-tools busybox-static e2fsprogs debootstrap curl awscli postgresql)
+packages=(qemu-system-x86 qemu-utils linux-image-cloud-amd64 musl-tools busybox-static e2fsprogs debootstrap curl docker-registry skopeo apache2-utils awscli postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -30,6 +30,8 @@ export interface ServerConfig {
   startTimeoutSeconds: number;
   /** Where s3:// code artifacts come from (MICROVMS_S3_ENDPOINT, _REGION, _ACCESS_KEY_ID...). */
   s3: S3Settings;
+  /** Credentials for OCI registries, in Docker's config.json format (what `docker login` writes). */
+  registryCredentialsFile: string;
 }
 
 export const defaultDataDir = () => join(homedir(), ".local", "share", "microvms");
@@ -65,6 +67,7 @@ export function resolveConfig(flags: Partial<Record<keyof ServerConfig, string>>
     cacheDir: pick("cacheDir", "MICROVMS_CACHE_DIR") || "",
     maxConcurrentBuilds: intSetting("max concurrent builds", pick("maxConcurrentBuilds", "MICROVMS_MAX_CONCURRENT_BUILDS"), 2, 1, 64),
     s3: s3SettingsFromEnv(env),
+    registryCredentialsFile: pick("registryCredentialsFile", "MICROVMS_REGISTRY_AUTH_FILE") || join(homedir(), ".docker", "config.json"),
     startTimeoutSeconds: intSetting("start timeout", pick("startTimeoutSeconds", "MICROVMS_START_TIMEOUT_SECONDS"), 120, 1, 3600),
   };
   if (!config.cacheDir) config.cacheDir = join(config.dataDir, "cache");

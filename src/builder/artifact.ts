@@ -42,12 +42,14 @@ export interface FetchedCodeArtifact {
 type ArtifactKind = "directory" | "zip" | "tar";
 type Fetcher = (uri: string, writer: ArtifactWriter, opts: FetchCodeArtifactOptions) => Promise<ArtifactKind>;
 
-/** Fetchers by URI scheme. An OCI image reference (registry/repo:tag) has no scheme of its own. */
+/**
+ * Fetchers by URI scheme. An OCI image reference (registry/repo:tag) has no
+ * scheme: it is a whole root filesystem, fetched by oci/oci-image.ts instead.
+ */
 const fetchers = new Map<string, Fetcher>([
   ["file", fetchFile],
   ["s3", fetchS3],
 ]);
-const fetchOciImage: Fetcher = notSupportedYet;
 
 /** Unpacks the code artifact at `uri` into the existing empty directory `dest`. */
 export async function fetchCodeArtifact(uri: string, dest: string, opts: FetchCodeArtifactOptions = {}): Promise<FetchedCodeArtifact> {
@@ -70,11 +72,7 @@ function fetcherFor(uri: string): Fetcher {
   if (uri.includes("://")) {
     throw new ArtifactError(`Code artifact ${uri} has an unsupported scheme; use file:///path, s3://bucket/key or an OCI image reference.`);
   }
-  return fetchOciImage;
-}
-
-async function notSupportedYet(uri: string): Promise<never> {
-  throw new ArtifactError(`Code artifact ${uri} is not supported yet; for now, give a file:/// URI of a directory, zip or tar, or an s3:// URI.`);
+  throw new ArtifactError(`Code artifact ${uri} is an OCI image reference, which is not a code archive to lay over a base image.`);
 }
 
 async function fetchFile(uri: string, writer: ArtifactWriter): Promise<ArtifactKind> {

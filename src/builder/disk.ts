@@ -6,23 +6,37 @@ import { runCommand } from "../process/run-command.js";
 /**
  * Assembles an image version's root disk without mounting anything:
  *
- *   base image tree ─cp -al─► staging tree (hard links: fast, and the base stays untouched)
+ *   the caller's `populate` fills the staging tree: a base image's tree plus the
+ *   code under /var/task, or an OCI image's layers
  *   + the agent as /sbin/init, + /etc/microvms/agent.conf
- *   + the code artifact under /var/task (by the caller's `addCode`)
  *   ─mkfs.ext4 -d─► disk.ext4 (sparse) ─► staging removed
  *
- * Staged files that replace base files are unlinked first: writing through a
- * hard link would change the cached base image for every later build.
+ * Staged files that replace existing ones are unlinked first: a base image is
+ * staged with hard links, and writing through one would change the cached base
+ * image for every later build.
  */
 export interface DiskPlan {
-  baseRoot: string;
   agent: string;
-  agentConfig: AgentConfig;
   /** Where to stage the tree (removed afterwards) and write the disk. */
   staging: string;
   disk: string;
-  /** Fills the staged /var/task; returns the code's size in bytes. */
-  addCode(taskDir: string): Promise<number>;
+  /** Fills the staging root; says how large the user's code is and how the agent starts it. */
+  populate(root: string): Promise<{ codeSizeInBytes: number; agentConfig: AgentConfig }>;
+}
+
+/** Stages a base image's tree (hard links where the filesystem allows) and the code artifact under /var/task. */
+export async function stageBaseAndCode(baseRoot: string, root: string, addCode: (taskDir: string) => Promise<number>): Promise<number> {
+  await rm(root, { recursive: true, force: true });
+  await runCommand("cp", ["-al", baseRoot, root], { what: `staging ${root}` }).catch(() =>
+    runCommand("cp", ["-a", baseRoot, root], { what: `staging ${root}` }),
+  );
+  const task = join(root, "var", "task");
+  await rm(task, { recursive: true, force: true });
+  await mkdir(task, { mode: 0o755 });
+  const size = await addCode(task);
+  // As in Lambda, the code is not writable by the application.
+  await runCommand("chmod", ["-R", "a+rX,go-w", task], { what: `staging ${root}` });
+  return size;
 }
 
 /** Room left for the application to write, on top of what the image holds. Sparse on the host. */
@@ -34,7 +48,9 @@ export async function assembleDisk(plan: DiskPlan): Promise<{ codeSizeInBytes: n
   await rm(plan.staging, { recursive: true, force: true });
   await mkdir(dirname(plan.staging), { recursive: true });
   try {
-    await run("cp", ["-al", plan.baseRoot, plan.staging]).catch(() => run("cp", ["-a", plan.baseRoot, plan.staging]));
+    const { codeSizeInBytes, agentConfig } = await plan.populate(plan.staging);
+    // What the agent and the kernel expect to find, whatever the tree came from.
+    for (const dir of ["dev", "proc", "sys", "run", "tmp", "sbin", "etc/microvms"]) await mkdir(join(plan.staging, dir), { recursive: true });
 
     const init = join(plan.staging, "sbin", "init");
     await mkdir(dirname(init), { recursive: true });
@@ -45,14 +61,7 @@ export async function assembleDisk(plan: DiskPlan): Promise<{ codeSizeInBytes: n
     const config = join(plan.staging, CONFIG_PATH);
     await mkdir(dirname(config), { recursive: true });
     await unlink(config).catch(() => {});
-    await writeFile(config, renderAgentConfig(plan.agentConfig), { mode: 0o644 });
-
-    const task = join(plan.staging, "var", "task");
-    await rm(task, { recursive: true, force: true });
-    await mkdir(task, { mode: 0o755 });
-    const codeSizeInBytes = await plan.addCode(task);
-    // As in Lambda, the code is not writable by the application.
-    await run("chmod", ["-R", "a+rX,go-w", task]);
+    await writeFile(config, renderAgentConfig(agentConfig), { mode: 0o644 });
 
     const sizes = (await run("du", ["-s", "--apparent-size", "--block-size=1", plan.staging], true)).split(/\s/)[0];
     const inodes = (await run("find", [plan.staging, "-xdev"], true)).split("\n").length;

@@ -1,6 +1,6 @@
 import { EventEmitter } from "node:events";
 import { createWriteStream } from "node:fs";
-import { mkdir, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { Logger } from "pino";
 import type { BaseImages } from "../catalogue/base-images.js";
@@ -12,7 +12,8 @@ import type { HostPlatform } from "../platform.js";
 import type { BuildRecord, VersionConfig, VersionRecord } from "../store/records.js";
 import type { Store } from "../store/store.js";
 import { ArtifactError, fetchCodeArtifact, type S3Settings } from "./artifact.js";
-import { assembleDisk } from "./disk.js";
+import { assembleDisk, stageBaseAndCode, type DiskPlan } from "./disk.js";
+import { fetchOciImage, isOciReference } from "./oci/oci-image.js";
 
 /**
  * Builds image versions, one build per CPU configuration, in the background.
@@ -47,6 +48,8 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       driver: VmDriver;
       /** Where s3:// code artifacts come from. */
       s3: S3Settings;
+      /** Registry credentials for OCI images (Docker's config.json format). */
+      registryCredentialsFile?: string;
       dataDir: string;
       maxConcurrentBuilds: number;
       /** How long an application may take to listen when the ready hook is disabled. */
@@ -137,10 +140,28 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       throw new BuildError(`This host (${platform.architecture}) cannot build for ${build.architecture}.`);
     }
     const config = version.config;
+    const uri = config.codeArtifact.uri!;
+    const phases = new Phases();
+    // An OCI image brings its own root filesystem; other artifacts are laid over the managed base image.
+    const populate = isOciReference(uri) ? this.ociRoot(uri, config) : await this.baseAndCode(uri, config, phases);
+    const assets = await this.deps.assets();
+    const dir = join(this.deps.dataDir, "builds", build.buildId);
+    await mkdir(dir, { recursive: true });
+    const sizes = await phases.time("artifactAndDisk", () =>
+      assembleDisk({ agent: assets.agent, staging: join(dir, "root"), disk: this.snapshotOf(build.buildId).disk, populate }),
+    );
+    const snapshot = await this.snapshot(build, config, assets, phases);
+    // How long each phase took, beside the snapshot (and in the log), for whoever tunes builds.
+    await writeFile(join(dir, "phases.json"), JSON.stringify(phases.milliseconds));
+    this.deps.log.info({ buildId: build.buildId, phasesMs: phases.milliseconds }, "build phases");
+    return { codeInstallSizeInBytes: sizes.codeSizeInBytes, ...snapshot };
+  }
+
+  /** Stages the managed base image with the code under /var/task, started from its `bootstrap`. */
+  private async baseAndCode(uri: string, config: VersionConfig, phases: Phases): Promise<DiskPlan["populate"]> {
     const base = parseImageArn(config.baseImageArn);
     if (!base) throw new BuildError(`The base image ${config.baseImageArn} is not a managed MicroVM image.`);
     const baseVersion = config.baseImageVersion ?? "1";
-    const phases = new Phases();
     const baseBuild = await phases.time("baseImage", () =>
       this.deps.baseImages.ensure(base.name, baseVersion).catch((error: Error) => {
         throw new BuildError(`The base image ${base.name} could not be built: ${error.message}`);
@@ -148,29 +169,49 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     );
     // ListManagedMicrovmImageVersions shows when this host last built the base image.
     await this.deps.store.managedImageVersionBuilt(base.name, baseVersion, baseBuild.builtAt);
-    const assets = await this.deps.assets();
-    const dir = join(this.deps.dataDir, "builds", build.buildId);
-    await mkdir(dir, { recursive: true });
-    const unprivileged = !config.additionalOsCapabilities?.includes("ALL");
-    const sizes = await phases.time("artifactAndDisk", () => assembleDisk({
-      baseRoot: baseBuild.rootDir,
-      agent: assets.agent,
+    return async (root) => ({
+      codeSizeInBytes: await stageBaseAndCode(baseBuild.rootDir, root, async (task) => (await fetchCodeArtifact(uri, task, { s3: this.deps.s3 })).sizeInBytes),
       agentConfig: {
         args: ["/var/task/bootstrap"],
         environment: config.environmentVariables ?? {},
         workdir: "/var/task",
-        user: unprivileged ? "1000:1000" : "root",
+        user: runAs(config),
         readyPort: hooksPort(config.hooks),
       },
-      staging: join(dir, "root"),
-      disk: this.snapshotOf(build.buildId).disk,
-      addCode: async (task) => (await fetchCodeArtifact(config.codeArtifact.uri!, task, { s3: this.deps.s3 })).sizeInBytes,
-    }));
-    const snapshot = await this.snapshot(build, config, assets, phases);
-    // How long each phase took, beside the snapshot (and in the log), for whoever tunes builds.
-    await writeFile(join(dir, "phases.json"), JSON.stringify(phases.milliseconds));
-    this.deps.log.info({ buildId: build.buildId, phasesMs: phases.milliseconds }, "build phases");
-    return { codeInstallSizeInBytes: sizes.codeSizeInBytes, ...snapshot };
+    });
+  }
+
+  /**
+   * Stages an OCI image's layers as the root filesystem, started from its
+   * entrypoint and command, in its working directory, with its environment
+   * under the image's environmentVariables.
+   */
+  private ociRoot(reference: string, config: VersionConfig): DiskPlan["populate"] {
+    return async (root) => {
+      await mkdir(root, { recursive: true });
+      const image = await fetchOciImage(reference, root, { credentialsFile: this.deps.registryCredentialsFile });
+      const args = [...image.config.entrypoint, ...image.config.cmd];
+      if (args.length === 0) {
+        throw new BuildError(`OCI image ${reference} has no entrypoint and no command; give it an ENTRYPOINT or CMD.`);
+      }
+      const environment: Record<string, string> = {};
+      for (const pair of image.config.env) {
+        const eq = pair.indexOf("=");
+        if (eq > 0) environment[pair.slice(0, eq)] = pair.slice(eq + 1);
+      }
+      // tmpfs is mounted over /tmp by the agent; the image's own /tmp only needs to exist.
+      await chmod(join(root, "tmp"), 0o1777).catch(() => {});
+      return {
+        codeSizeInBytes: image.sizeInBytes,
+        agentConfig: {
+          args,
+          environment: { ...environment, ...config.environmentVariables },
+          workdir: image.config.workingDir || "/",
+          user: runAs(config),
+          readyPort: hooksPort(config.hooks),
+        },
+      };
+    };
   }
 
   /**
@@ -252,6 +293,11 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     }
     for (const build of await this.deps.store.buildsInState(["PENDING"])) this.start(build);
   }
+}
+
+/** Without additionalOsCapabilities ["ALL"] the application runs as an unprivileged user, as in Lambda. */
+function runAs(config: VersionConfig): "root" | "1000:1000" {
+  return config.additionalOsCapabilities?.includes("ALL") ? "root" : "1000:1000";
 }
 
 /** Memory of a version's MicroVMs (resources[0].minimumMemoryInMiB): its snapshot and every restore use it. */

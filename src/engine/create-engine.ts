@@ -47,6 +47,7 @@ export async function createEngine(deps: {
     store: deps.store,
     driver,
     s3: config.s3,
+    registryCredentialsFile: config.registryCredentialsFile,
     startTimeoutMs: config.startTimeoutSeconds * 1000,
     baseImages: new BaseImages({ dir: join(config.cacheDir, "base-images"), log: log.child({ part: "base-images" }) }),
     assets: () => guestAssets(config.cacheDir),

@@ -284,9 +284,9 @@ describe("fetchCodeArtifact from other sources", () => {
     await assertRejects(fetchCodeArtifact("s3://bucket", dest), /^Code artifact s3:\/\/bucket names no object in bucket bucket/);
   });
 
-  it("does not fetch OCI images yet", async () => {
+  it("leaves OCI image references to the OCI fetcher", async () => {
     const { dest } = await workspace();
-    await assertRejects(fetchCodeArtifact("localhost:5000/app:latest", dest), /is not supported yet/);
+    await assertRejects(fetchCodeArtifact("localhost:5000/app:latest", dest), /is an OCI image reference/);
   });
 
   it("names an unknown scheme", async () => {
