@@ -12,13 +12,14 @@ export interface QemuMemory {
 
 /**
  * From /proc/<pid>/smaps_rollup and /proc/<pid>/smaps (sizes in kB). The guest's
- * RAM is the anonymous mapping exactly `guestMiB` long: QEMU maps it whole.
+ * RAM is the mapping exactly `guestMiB` long, QEMU maps it whole: anonymous after
+ * a cold boot, the snapshot's memory.ram mapped privately after a restore.
  */
 export function qemuMemory(pid: number, guestMiB: number): QemuMemory {
   const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, "utf8");
   let guestRamMiB: number | undefined;
   for (const mapping of readFileSync(`/proc/${pid}/smaps`, "utf8").split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
-    const range = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*$/m.exec(mapping.slice(0, mapping.indexOf("\n")));
+    const range = /^([0-9a-f]+)-([0-9a-f]+) /.exec(mapping);
     if (!range || parseInt(range[2]!, 16) - parseInt(range[1]!, 16) !== guestMiB * 1024 * 1024) continue;
     guestRamMiB = kib(mapping, "Rss") / 1024;
     break;

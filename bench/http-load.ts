@@ -96,3 +96,62 @@ export async function load(target: HttpTarget, path: string, seconds: number, co
     listenOverflows: listenOverflows() - overflowsBefore,
   };
 }
+
+export interface FirstOk {
+  /** performance.now() when the first 200's head arrived. */
+  firstByteAt: number;
+  /** Requests sent, the successful one included. */
+  attempts: number;
+}
+
+/**
+ * GETs `path` until a 200 and tells when its first byte came, for a guest that
+ * may not listen yet. Each attempt has a connection of its own: one that fails
+ * (the guest refused, the forward hung up) is followed by the next after
+ * `intervalMs`; one with no answer after `patienceMs` gets the next beside it,
+ * still counting if it answers first. Through QEMU's user-mode forward a
+ * connection made before the guest's network is up waits for slirp to resend
+ * its SYN, seconds later: waiting it out would measure slirp, not the guest.
+ */
+export async function firstOk(
+  target: HttpTarget,
+  path: string,
+  timing: { intervalMs: number; patienceMs: number; timeoutMs: number },
+): Promise<FirstOk> {
+  const agent = new Agent({ keepAlive: false });
+  const deadline = performance.now() + timing.timeoutMs;
+  let attempts = 0;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await new Promise<FirstOk>((resolve, reject) => {
+      let done = false;
+      const attempt = () => {
+        if (done) return;
+        if (performance.now() > deadline) {
+          done = true;
+          reject(new Error(`no 200 from ${target.host}:${target.port}${path} within ${timing.timeoutMs / 1000} s (${attempts} attempts)`));
+          return;
+        }
+        const id = ++attempts;
+        // Only the newest attempt schedules the next, so attempts never fan out.
+        const latest = () => !done && id === attempts;
+        timer = setTimeout(() => latest() && attempt(), timing.patienceMs);
+        const retry = () => {
+          if (!latest()) return;
+          clearTimeout(timer);
+          timer = setTimeout(attempt, timing.intervalMs);
+        };
+        get(agent, target, path).then((answer) => {
+          if (done) return;
+          if (answer.status !== 200) return retry();
+          done = true;
+          resolve({ firstByteAt: answer.firstByteAt, attempts });
+        }, retry);
+      };
+      attempt();
+    });
+  } finally {
+    clearTimeout(timer);
+    agent.destroy(); // and with it the attempts still waiting
+  }
+}

@@ -1,4 +1,5 @@
-import { existsSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, rmSync, writeFileSync } from "node:fs";
+import { mkdir, readFile, stat } from "node:fs/promises";
 import { Agent } from "node:http";
 import { availableParallelism, cpus, release } from "node:os";
 import { join } from "node:path";
@@ -6,9 +7,12 @@ import { performance } from "node:perf_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { qemuVersion } from "../src/drivers/qemu/acceleration.js";
-import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, type TestServer } from "../test/support/server.js";
+import { chooseAcceleration, qemuVersion } from "../src/drivers/qemu/acceleration.js";
+import { QemuDriver } from "../src/drivers/qemu/qemu-driver.js";
+import { guestAssets, type GuestAssets } from "../src/guest/assets.js";
+import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, testCacheDir, type TestServer } from "../test/support/server.js";
 import { qemuProcesses, writeTestApp } from "../test/vm/support.js";
+import { firstByteThroughDriver, type BuildSnapshot, type DriverStartRun, type StartKind } from "./driver-start.js";
 import { qemuMemory, type QemuMemory } from "./host-memory.js";
 import { get, load, type HttpTarget, type LoadResult } from "./http-load.js";
 import { heading, round, spread, table, type Spread } from "./report.js";
@@ -17,12 +21,17 @@ import { heading, round, spread, table, type Spread } from "./report.js";
  * `npm run bench`: what running a MicroVM costs on this host, measured on a real
  * server (QEMU, the tests' shared base-image cache) in this process.
  *
- *   server ─► image "bench": writeTestApp() + www/index.html on the busybox base, 256 MiB
- *          ─► 1. RunMicrovm → first byte of a 200 through the endpoint, N MicroVMs one after another
- *          ─► 2. requests/s for a static file: through the endpoint proxy, then straight to
+ *   server ─► images "bench" (256 MiB) and "bench-1024" (1024 MiB): writeTestApp() +
+ *             www/index.html on the busybox base, each built (cold boot, snapshot) one after the other
+ *          ─► 1. RunMicrovm (a snapshot restore) → first byte of a 200 through the endpoint, N MicroVMs one after another
+ *          ─► 2. the same image's snapshot files through a QemuDriver of our own, no server:
+ *                cold boot and restore alternately, N each, → first byte from the guest
+ *          ─► 3. requests/s for a static file: through the endpoint proxy, then straight to
  *                QEMU's loopback forward of guest port 8080 (the baseline), same client
- *          ─► 3. host memory (RSS, PSS) of M QEMU processes running side by side
- *          ─► stop the server; exit 1 if any QEMU outlived it
+ *          ─► 4. host memory (RSS, PSS) of M QEMU processes running side by side
+ *          ─► 5. snapshot sizes of both images against their guest memory, and each one's restore → first byte
+ *          ─► 6. each build's phases (phases.json) against its time CreateMicrovmImage → SUCCESSFUL
+ *          ─► stop the server; exit 1 if any QEMU outlived it (ours included: they run in its data directory)
  *
  * Prints a table per part and, last, one JSON line with every number.
  */
@@ -59,6 +68,13 @@ try {
 
 const IMAGE = "bench";
 const GUEST_MEMORY_MIB = 256;
+/** The second image, the same application with more guest memory, for snapshot sizes and restore time against memory. */
+const LARGE_IMAGE = "bench-1024";
+const LARGE_GUEST_MEMORY_MIB = 1024;
+/** Restores per image in part 5: a few hundred ms each, and on 2 busy cores 3 did not make a steady median. */
+const SIZE_RUNS = 5;
+/** Through a QEMU forward: a GET unanswered this long gets a fresh one beside it (see firstOk). */
+const PATIENCE_MS = 250;
 const GUEST_PORT = 8080;
 const STATIC_PATH = "/index.html";
 /** How often the first-byte probe retries a 503 (and the watcher looks at state and files). */
@@ -113,48 +129,93 @@ function qemuOf(microvmId: string): number {
   return pids[0]!;
 }
 
-// ── the image ─────────────────────────────────────────────────────────────
+// ── the images ────────────────────────────────────────────────────────────
 
-async function buildImage(): Promise<{ seconds: number }> {
+/** A built image: its build's snapshot on disk and what the API says of it. */
+interface BenchImage {
+  name: string;
+  memoryMiB: number;
+  buildId: string;
+  /** CreateMicrovmImage sent → GetMicrovmImageVersion first showed SUCCESSFUL, ms. */
+  buildMs: number;
+  /** The build's phases.json (ms per phase), in the order written; undefined if the build left none. */
+  phasesMs: Record<string, number> | undefined;
+  /** GetMicrovmImageBuild's snapshotBuild. */
+  snapshotBuild: { codeInstallSizeInBytes: number; diskSnapshotSizeInBytes: number; memorySnapshotSizeInBytes: number };
+  files: BuildSnapshot;
+  /** The snapshot's files as stat sees them, bytes: apparent size and allocated blocks. */
+  sizes: { memoryRam: FileSize; stateBin: FileSize; diskExt4: FileSize };
+}
+
+interface FileSize {
+  apparent: number;
+  allocated: number;
+}
+
+async function fileSize(path: string): Promise<FileSize> {
+  const s = await stat(path);
+  return { apparent: s.size, allocated: s.blocks * 512 };
+}
+
+async function buildImage(name: string, memoryMiB: number): Promise<BenchImage> {
   const appDir = writeTestApp();
+  let buildMs: number;
   try {
     // BusyBox httpd serves a file itself; a CGI script costs a fork and a shell per request.
     writeFileSync(join(appDir, "www", "index.html"), `<!doctype html>\n<title>bench</title>\n<p>${"static ".repeat(64)}</p>\n`);
     const started = performance.now();
     await t.client.call("CreateMicrovmImage", {
-      name: IMAGE,
+      name,
       baseImageArn: BUSYBOX,
       buildRoleArn: BUILD_ROLE,
       codeArtifact: { uri: pathToFileURL(appDir).href },
-      resources: [{ minimumMemoryInMiB: GUEST_MEMORY_MIB }],
+      resources: [{ minimumMemoryInMiB: memoryMiB }],
     });
     const version = await eventually(
       async () => {
-        const v = await t.client.call("GetMicrovmImageVersion", { imageIdentifier: IMAGE, imageVersion: "1" });
+        const v = await t.client.call("GetMicrovmImageVersion", { imageIdentifier: name, imageVersion: "1" });
         return v.state === "SUCCESSFUL" || v.state === "FAILED" ? v : undefined;
       },
-      "the bench image to build",
+      `image ${name} to build`,
       BUILD_TIMEOUT_MS,
     );
-    if (version.state !== "SUCCESSFUL") throw new Error(`the bench image failed to build: ${String(version.stateReason)}`);
-    return { seconds: (performance.now() - started) / 1000 };
+    buildMs = performance.now() - started;
+    if (version.state !== "SUCCESSFUL") throw new Error(`image ${name} failed to build: ${String(version.stateReason)}`);
   } finally {
     rmSync(appDir, { recursive: true, force: true });
   }
+  const builds = (await t.client.call("ListMicrovmImageBuilds", { imageIdentifier: name, imageVersion: "1" })).items as Obj[];
+  const buildId = builds.find((b) => b.buildState === "SUCCESSFUL")?.buildId as string | undefined;
+  if (!buildId) throw new Error(`image ${name} is SUCCESSFUL but lists no successful build`);
+  const build = await t.client.call("GetMicrovmImageBuild", { imageIdentifier: name, imageVersion: "1", buildId });
+  const dir = join(t.dataDir, "builds", buildId);
+  const files: BuildSnapshot = { disk: join(dir, "disk.ext4"), memoryPath: join(dir, "memory.ram"), statePath: join(dir, "state.bin"), memoryMiB };
+  const phasesMs = await readFile(join(dir, "phases.json"), "utf8").then((text) => JSON.parse(text) as Record<string, number>, () => undefined);
+  return {
+    name,
+    memoryMiB,
+    buildId,
+    buildMs,
+    phasesMs,
+    snapshotBuild: build.snapshotBuild as BenchImage["snapshotBuild"],
+    files,
+    sizes: { memoryRam: await fileSize(files.memoryPath), stateBin: await fileSize(files.statePath), diskExt4: await fileSize(files.disk) },
+  };
 }
 
-// ── 1. RunMicrovm to first byte ─────────────────────────────────────────────
+// ── 1. RunMicrovm (a restore) to first byte ───────────────────────────────────
 
 /** Milliseconds after RunMicrovm was sent. */
 interface StartRun {
   microvmId: string;
   /** RunMicrovm answered (PENDING). */
   answered: number;
-  /** QEMU wrote its pid file: the disk overlay exists and QEMU is up. */
+  /** QEMU wrote its pid file: the disk overlay exists and QEMU is up, waiting for the snapshot. */
   qemuUp: number | undefined;
-  /** The application's first output line reached output.log: the guest booted and ran bootstrap. */
-  bootstrap: number | undefined;
-  /** The MicroVM's startedAt, the server's own clock: when the agent reported the port listening. */
+  /**
+   * The MicroVM's startedAt, the server's own clock: the snapshot is loaded, the guest
+   * runs again with its clock resynced, and the run hook (if any) answered.
+   */
   running: number;
   /** When a GetMicrovm poll first showed RUNNING (an upper bound on `running`). */
   runningSeen: number | undefined;
@@ -174,15 +235,15 @@ async function startToFirstByte(): Promise<StartRun> {
   try {
     const target = endpointTarget(microvmId, await tokenFor(microvmId));
     const dir = join(t.dataDir, "microvms", microvmId);
-    const marks: { qemuUp?: number; bootstrap?: number; runningSeen?: number; startedAt?: number } = {};
+    const marks: { qemuUp?: number; runningSeen?: number; startedAt?: number } = {};
     let answeredOk = false;
 
-    // Watches state and files beside the probe, until RUNNING is seen and the files have told their times.
+    // Watches state and the pid file beside the probe, until RUNNING is seen. (A restored
+    // application prints nothing: its bootstrap ran once, in the build.)
     const watcher = (async () => {
-      while (!answeredOk || marks.runningSeen === undefined || marks.bootstrap === undefined) {
+      while (!answeredOk || marks.runningSeen === undefined) {
         const now = performance.now() - sent;
         if (marks.qemuUp === undefined && existsSync(join(dir, "run", "qemu.pid"))) marks.qemuUp = now;
-        if (marks.bootstrap === undefined && (statSync(join(dir, "output.log"), { throwIfNoEntry: false })?.size ?? 0) > 0) marks.bootstrap = now;
         if (marks.runningSeen === undefined) {
           const m = await getMicrovm(microvmId);
           if (m.state === "RUNNING") {
@@ -216,7 +277,6 @@ async function startToFirstByte(): Promise<StartRun> {
       microvmId,
       answered,
       qemuUp: marks.qemuUp,
-      bootstrap: marks.bootstrap,
       running: marks.startedAt! - sentEpochMs,
       runningSeen: marks.runningSeen,
       firstByte,
@@ -231,19 +291,18 @@ async function startToFirstByte(): Promise<StartRun> {
 }
 
 async function benchStart(): Promise<{ runs: StartRun[]; totalMs: Spread; toRunningMs: Spread; runningToFirstByteMs: Spread }> {
-  heading(`1. RunMicrovm → first byte of a 200 through the endpoint (${options.runs} runs, one MicroVM at a time)`);
+  heading(`1. RunMicrovm (a snapshot restore) → first byte of a 200 through the endpoint (${options.runs} runs, one MicroVM at a time)`);
   const runs: StartRun[] = [];
   for (let i = 0; i < options.runs; i++) runs.push(await startToFirstByte());
   const ms = (v: number | undefined) => (v === undefined ? "-" : round(v));
   console.log("ms after RunMicrovm was sent:");
   console.log(
     table(
-      ["run", "answered", "QEMU up", "bootstrap", "RUNNING", "(poll saw)", "first byte", "RUNNING→byte", "terminate"],
+      ["run", "answered", "QEMU up", "RUNNING", "(poll saw)", "first byte", "RUNNING→byte", "terminate"],
       runs.map((r, i) => [
         String(i + 1),
         ms(r.answered),
         ms(r.qemuUp),
-        ms(r.bootstrap),
         ms(r.running),
         ms(r.runningSeen),
         ms(r.firstByte),
@@ -266,13 +325,99 @@ async function benchStart(): Promise<{ runs: StartRun[]; totalMs: Spread; toRunn
       ],
     ),
   );
-  console.log("(RUNNING is the MicroVM's startedAt; QEMU up and bootstrap are when the pid file and the first output line appeared, to 20 ms.)");
+  console.log("(RUNNING is the MicroVM's startedAt: snapshot loaded, guest running, clock resynced; QEMU up is when its pid file appeared, to 20 ms.)");
   return { runs, totalMs, toRunningMs, runningToFirstByteMs };
 }
 
 const spreadCells = (s: Spread) => [round(s.median), round(s.min), round(s.max)];
 
-// ── 2. requests per second, proxy against direct ──────────────────────────────
+// ── 2. restore against cold boot, same image, through the driver ──────────────
+
+/** Our own driver, as the server's engine built it: same QEMU, same acceleration verdict (cached), same guest assets. */
+async function benchDriver(): Promise<{ driver: QemuDriver; assets: GuestAssets }> {
+  const log = t.server.log.child({ part: "bench" });
+  const assets = await guestAssets(testCacheDir);
+  const version = await qemuVersion();
+  const choice = await chooseAcceleration({ setting: "auto", kernel: assets.kernel, initrd: assets.initrd, qemuVersion: version, cacheDir: testCacheDir, log });
+  const driver = new QemuDriver(choice.accel, version, log);
+  if (driver.description !== t.server.engine.description) {
+    throw new Error(`our driver would be ${driver.description}, the server's is ${t.server.engine.description}`);
+  }
+  return { driver, assets };
+}
+
+let vmCount = 0;
+
+function driverRun(vms: { driver: QemuDriver; assets: GuestAssets }, image: BenchImage, kind: StartKind): Promise<DriverStartRun> {
+  return firstByteThroughDriver({
+    kind,
+    ...vms,
+    snapshot: image.files,
+    workDir: join(t.dataDir, "bench-vms"),
+    name: `bench-${kind === "cold boot" ? "cold" : "restore"}-${++vmCount}`,
+    guestPort: GUEST_PORT,
+    path: STATIC_PATH,
+    timing: { intervalMs: POLL_MS, patienceMs: PATIENCE_MS, timeoutMs: RUN_TIMEOUT_MS },
+  });
+}
+
+interface ColdAgainstRestore {
+  runs: DriverStartRun[];
+  coldBootMs: Spread;
+  restoreMs: Spread;
+  /** Median cold boot → first byte over median restore → first byte. */
+  ratio: number;
+}
+
+async function benchColdAgainstRestore(
+  vms: { driver: QemuDriver; assets: GuestAssets },
+  image: BenchImage,
+  api: Spread,
+): Promise<ColdAgainstRestore> {
+  heading(`2. Restore vs cold boot → first byte, image "${image.name}" (${image.memoryMiB} MiB), through the driver, no server (${options.runs} of each, alternately)`);
+  const runs: DriverStartRun[] = [];
+  for (let i = 0; i < options.runs; i++) {
+    runs.push(await driverRun(vms, image, "cold boot"));
+    runs.push(await driverRun(vms, image, "restore"));
+  }
+  console.log("ms after the overlay was asked for:");
+  console.log(
+    table(
+      ["run", "how", "overlay", "VM up", "forward", "first byte", "GETs", "stop"],
+      runs.map((r, i) => [
+        String(Math.floor(i / 2) + 1),
+        r.kind,
+        round(r.overlay),
+        round(r.vmUp),
+        round(r.forward),
+        round(r.firstByte),
+        r.attempts,
+        round(r.stopMs),
+      ]),
+    ),
+  );
+  const coldBootMs = spread(runs.filter((r) => r.kind === "cold boot").map((r) => r.firstByte));
+  const restoreMs = spread(runs.filter((r) => r.kind === "restore").map((r) => r.firstByte));
+  const ratio = round(coldBootMs.median / restoreMs.median, 1);
+  console.log();
+  console.log(
+    table(
+      ["ms to the first byte of a 200", "median", "min", "max"],
+      [
+        ["cold boot (driver.start)", ...spreadCells(coldBootMs)],
+        ["restore (driver.restore)", ...spreadCells(restoreMs)],
+        ["RunMicrovm, through the API and proxy (part 1)", ...spreadCells(api)],
+      ],
+    ),
+  );
+  console.log(`cold boot / restore = ${ratio} (medians)`);
+  console.log(
+    `VM up: start() returns once QEMU runs, before the guest boots; restore() once the snapshot is loaded and the guest runs again. GETs: requests until the 200 (a new one ${POLL_MS} ms after a refusal, or beside one unanswered for ${PATIENCE_MS} ms).`,
+  );
+  return { runs, coldBootMs, restoreMs, ratio };
+}
+
+// ── 3. requests per second, proxy against direct ──────────────────────────────
 
 interface RateSummary {
   perSecond: number;
@@ -303,7 +448,7 @@ function summarize(result: LoadResult): RateSummary {
 const mapSpread = (s: Spread, digits: number): Spread => ({ median: round(s.median, digits), min: round(s.min, digits), max: round(s.max, digits) });
 
 async function benchThroughput(): Promise<{ proxy: RateSummary; direct: RateSummary; ratio: number; qemuBefore: QemuMemory; qemuAfter: QemuMemory }> {
-  heading(`2. GET ${STATIC_PATH} for ${options.seconds} s, concurrency ${options.concurrency}: through the proxy vs the guest port directly`);
+  heading(`3. GET ${STATIC_PATH} for ${options.seconds} s, concurrency ${options.concurrency}: through the proxy vs the guest port directly`);
   const run = await t.client.call("RunMicrovm", { imageIdentifier: IMAGE });
   const microvmId = run.microvmId as string;
   try {
@@ -358,9 +503,13 @@ const roundMemory = (m: QemuMemory): QemuMemory => ({
   guestRamMiB: m.guestRamMiB === undefined ? undefined : round(m.guestRamMiB, 1),
 });
 
-// ── 3. host memory per MicroVM ──────────────────────────────────────────────
+// ── 4. host memory per MicroVM ──────────────────────────────────────────────
 
-/** The guest hands freed pages back (virtio-balloon free page reporting), so RSS falls for a while after boot. */
+/**
+ * Memory moves for a while after the start: a restored guest's RAM faults in from
+ * the snapshot as the guest touches it (RSS rises), and the guest hands pages it
+ * frees back (virtio-balloon free page reporting; RSS falls).
+ */
 const SETTLE_SECONDS = 3;
 
 interface VmMemory {
@@ -379,7 +528,7 @@ function meanMemory(samples: QemuMemory[]): QemuMemory {
 }
 
 async function benchMemory(): Promise<{ guestMiB: number; allRunningMs: number; vms: VmMemory[]; meanAtRunning: QemuMemory; meanSettled: QemuMemory }> {
-  heading(`3. Host memory of ${options.microvms} running MicroVMs (guest memory ${GUEST_MEMORY_MIB} MiB each)`);
+  heading(`4. Host memory of ${options.microvms} running MicroVMs (guest memory ${GUEST_MEMORY_MIB} MiB each)`);
   const sent = performance.now();
   const ids = await Promise.all(
     Array.from({ length: options.microvms }, async () => (await t.client.call("RunMicrovm", { imageIdentifier: IMAGE })).microvmId as string),
@@ -411,14 +560,99 @@ async function benchMemory(): Promise<{ guestMiB: number; allRunningMs: number; 
       ),
     );
     console.log(`guest memory ${GUEST_MEMORY_MIB} MiB each; "guest RAM" is the resident part of its mapping, the rest is QEMU's own (devices, heap, libraries; under TCG also its translated-code buffer)`);
-    console.log(`all ${ids.length} RUNNING ${round(allRunningMs)} ms after the RunMicrovm calls (booting side by side)`);
+    console.log("restored guests map the snapshot's memory.ram privately: pages only read stay shared page cache (PSS splits them), pages written are copied per VM");
+    console.log(`all ${ids.length} RUNNING ${round(allRunningMs)} ms after the RunMicrovm calls (restoring side by side)`);
     return { guestMiB: GUEST_MEMORY_MIB, allRunningMs: round(allRunningMs), vms, meanAtRunning, meanSettled };
   } finally {
     await Promise.all(ids.map((id) => terminate(id)));
   }
 }
 
+// ── 5. snapshot sizes against guest memory ──────────────────────────────────
+
+const MiB = 1024 * 1024;
+const mib = (bytes: number) => round(bytes / MiB, 1);
+
+interface SnapshotSize {
+  image: string;
+  guestMiB: number;
+  snapshotBuild: BenchImage["snapshotBuild"];
+  memoryRam: FileSize;
+  stateBin: FileSize;
+  diskExt4: FileSize;
+  restoreVmUpMs: Spread;
+  restoreFirstByteMs: Spread;
+}
+
+async function benchSnapshotSizes(vms: { driver: QemuDriver; assets: GuestAssets }, images: BenchImage[]): Promise<SnapshotSize[]> {
+  heading(`5. Snapshot sizes against guest memory, and restore → first byte (${SIZE_RUNS} restores per image, alternately, through the driver)`);
+  // Alternately, so that whatever else the host does weighs on both images alike.
+  const runs: DriverStartRun[][] = images.map(() => []);
+  for (let i = 0; i < SIZE_RUNS; i++) {
+    for (const [j, image] of images.entries()) runs[j]!.push(await driverRun(vms, image, "restore"));
+  }
+  const results: SnapshotSize[] = images.map((image, j) => ({
+    image: image.name,
+    guestMiB: image.memoryMiB,
+    snapshotBuild: image.snapshotBuild,
+    ...image.sizes,
+    restoreVmUpMs: mapSpread(spread(runs[j]!.map((r) => r.vmUp)), 0),
+    restoreFirstByteMs: mapSpread(spread(runs[j]!.map((r) => r.firstByte)), 0),
+  }));
+  console.log(
+    table(
+      ["image", "guest MiB", "memory snapshot MiB", "memory.ram apparent MiB", "memory.ram allocated MiB", "state.bin KiB", "disk snapshot MiB", "disk.ext4 apparent MiB", "code KiB"],
+      results.map((r) => [
+        r.image,
+        r.guestMiB,
+        mib(r.snapshotBuild.memorySnapshotSizeInBytes),
+        mib(r.memoryRam.apparent),
+        mib(r.memoryRam.allocated),
+        round(r.stateBin.apparent / 1024, 1),
+        mib(r.snapshotBuild.diskSnapshotSizeInBytes),
+        mib(r.diskExt4.apparent),
+        round(r.snapshotBuild.codeInstallSizeInBytes / 1024, 1),
+      ]),
+    ),
+  );
+  console.log("memory snapshot = memorySnapshotSizeInBytes (memory.ram's allocated blocks: RAM the guest had touched, + state.bin); disk snapshot = diskSnapshotSizeInBytes; code = codeInstallSizeInBytes (GetMicrovmImageBuild)");
+  console.log();
+  console.log(
+    table(
+      ["restore, ms", "guest MiB", "VM up median", "first byte median", "min", "max"],
+      results.map((r) => [r.image, r.guestMiB, r.restoreVmUpMs.median, ...spreadCells(r.restoreFirstByteMs)]),
+    ),
+  );
+  return results;
+}
+
+// ── 6. build time per phase ─────────────────────────────────────────────────
+
+function reportBuildPhases(images: BenchImage[]): void {
+  heading("6. Build time per phase (each build's phases.json), ms");
+  const phases = [...new Set(images.flatMap((image) => Object.keys(image.phasesMs ?? {})))];
+  const sum = (image: BenchImage) => (image.phasesMs ? Object.values(image.phasesMs).reduce((a, b) => a + b, 0) : undefined);
+  const cell = (v: number | undefined) => (v === undefined ? "-" : round(v));
+  console.log(
+    table(
+      ["phase", ...images.map((image) => `${image.name} (${image.memoryMiB} MiB)`)],
+      [
+        ...phases.map((phase) => [phase, ...images.map((image) => cell(image.phasesMs?.[phase]))]),
+        ["sum of phases", ...images.map((image) => cell(sum(image)))],
+        ["CreateMicrovmImage → SUCCESSFUL", ...images.map((image) => cell(image.buildMs))],
+        ["rest", ...images.map((image) => cell(image.buildMs - (sum(image) ?? Number.NaN)))],
+      ],
+    ),
+  );
+  console.log(`CreateMicrovmImage → SUCCESSFUL: until a GetMicrovmImageVersion poll (every 50 ms) saw it; rest: the API, the build queue, the store, that polling`);
+  if (images.some((image) => !image.phasesMs)) console.log("(-: the build left no phases.json)");
+}
+
 // ── main ────────────────────────────────────────────────────────────────────
+
+function roundNumbers(record: object): Obj {
+  return Object.fromEntries(Object.entries(record).map(([k, v]) => [k, typeof v === "number" ? round(v) : v]));
+}
 
 async function main(): Promise<number> {
   const started = performance.now();
@@ -440,19 +674,42 @@ async function main(): Promise<number> {
     const shown = { acceleration: environment.engine, CPUs: `${environment.cpus} × ${environment.cpuModel}`, kernel: environment.kernel, QEMU: environment.qemu, Node: environment.node };
     for (const [name, value] of Object.entries(shown)) console.log(`${name.padEnd(13)}${value}`);
 
-    const build = await buildImage();
-    console.log(`image "${IMAGE}" built in ${round(build.seconds, 1)} s (base images from the shared cache)`);
-    result.build = { seconds: round(build.seconds, 1) };
+    const images: BenchImage[] = [];
+    for (const [name, memoryMiB] of [[IMAGE, GUEST_MEMORY_MIB], [LARGE_IMAGE, LARGE_GUEST_MEMORY_MIB]] as const) {
+      const image = await buildImage(name, memoryMiB);
+      images.push(image);
+      console.log(`image "${name}" (${memoryMiB} MiB) built in ${round(image.buildMs / 1000, 1)} s (base images from the shared cache; phases in part 6)`);
+    }
+    result.builds = images.map((image) => ({
+      image: image.name,
+      guestMiB: image.memoryMiB,
+      buildId: image.buildId,
+      buildMs: round(image.buildMs),
+      phasesMs: image.phasesMs,
+      snapshotBuild: image.snapshotBuild,
+    }));
+    const vms = await benchDriver();
+    await mkdir(join(t.dataDir, "bench-vms"), { recursive: true });
 
     const start = await benchStart();
     result.firstByte = {
       totalMs: mapSpread(start.totalMs, 0),
       toRunningMs: mapSpread(start.toRunningMs, 0),
       runningToFirstByteMs: mapSpread(start.runningToFirstByteMs, 0),
-      runs: start.runs.map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, typeof v === "number" ? round(v) : v]))),
+      runs: start.runs.map(roundNumbers),
+    };
+    const coldAgainstRestore = await benchColdAgainstRestore(vms, images[0]!, start.totalMs);
+    result.restoreVsColdBoot = {
+      coldBootMs: mapSpread(coldAgainstRestore.coldBootMs, 0),
+      restoreMs: mapSpread(coldAgainstRestore.restoreMs, 0),
+      ratio: coldAgainstRestore.ratio,
+      runMicrovmMs: mapSpread(start.totalMs, 0),
+      runs: coldAgainstRestore.runs.map(roundNumbers),
     };
     result.throughput = await benchThroughput();
     result.memory = await benchMemory();
+    result.snapshotSizes = await benchSnapshotSizes(vms, images);
+    reportBuildPhases(images);
   } catch (error) {
     failure = error;
   } finally {

@@ -238,6 +238,7 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     vm.onAgentEvent((event) => {
       if (event.kind === "stdout" || event.kind === "stderr") output.write(`${event.line}\n`);
     });
+    let snapshotted = false;
     try {
       const port = hooksPort(config.hooks);
       // The ready hook's timeout bounds the hook, not the boot before it.
@@ -248,8 +249,11 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       await phases.time("readyHook", () => callHook(vm, config.hooks, "ready"));
       await phases.time("validateHook", () => callHook(vm, config.hooks, "validate"));
       await phases.time("snapshot", () => vm.snapshot(files.statePath));
+      snapshotted = true;
     } finally {
-      await phases.time("stop", () => vm.stop(2_000));
+      // A snapshotted guest stays paused and must never run again (its disk now belongs to the
+      // snapshot): QEMU quits at once. Otherwise the agent gets its grace to power off.
+      await phases.time("stop", () => vm.stop(snapshotted ? 0 : 2_000));
       await new Promise<void>((resolve) => output.end(resolve));
       await rm(join(dir, "run"), { recursive: true, force: true });
     }
