@@ -38,6 +38,7 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
   private queue: Promise<void> = Promise.resolve();
   private active = 0;
   private readonly waiting: (() => void)[] = [];
+  private readonly shutdown = new AbortController();
 
   constructor(
     private readonly deps: {
@@ -82,7 +83,17 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     }
   }
 
-  /** Waits for every build under way (server shutdown). */
+  /**
+   * Server shutdown: builds under way stop where they are and are recorded
+   * FAILED (a build cannot be resumed); queued ones stay PENDING for the next start.
+   */
+  async close(): Promise<void> {
+    this.shutdown.abort(new BuildError("The build was interrupted: the service shut down."));
+    for (const wake of this.waiting.splice(0)) wake();
+    await this.idle();
+  }
+
+  /** Waits for every build under way. */
   async idle(): Promise<void> {
     await Promise.allSettled([...this.running.values()]);
   }
@@ -104,6 +115,7 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     const buildLog = log.child({ buildId: build.buildId, imageId: build.imageId, version: build.version });
     let outcome: Pick<BuildRecord, "buildState" | "stateReason" | "snapshotBuild">;
     try {
+      if (this.shutdown.signal.aborted) return; // still PENDING: the next start builds it
       const version = await store.findVersion(build.imageId, build.version);
       if (!version || version.state === "DELETED" || version.state === "DELETING") return;
       await this.markInProgress(build);
@@ -242,12 +254,14 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     try {
       const port = hooksPort(config.hooks);
       // The ready hook's timeout bounds the hook, not the boot before it.
-      await vm.whenReady(this.deps.startTimeoutMs).catch((error: Error) => {
-        throw new BuildError(`The application did not start listening on port ${port}: ${error.message}`);
-      });
+      await this.unlessShutDown(
+        vm.whenReady(this.deps.startTimeoutMs).catch((error: Error) => {
+          throw new BuildError(`The application did not start listening on port ${port}: ${error.message}`);
+        }),
+      );
       phases.record("coldBootToReady", performance.now() - started);
-      await phases.time("readyHook", () => callHook(vm, config.hooks, "ready"));
-      await phases.time("validateHook", () => callHook(vm, config.hooks, "validate"));
+      await phases.time("readyHook", () => this.unlessShutDown(callHook(vm, config.hooks, "ready")));
+      await phases.time("validateHook", () => this.unlessShutDown(callHook(vm, config.hooks, "validate")));
       await phases.time("snapshot", () => vm.snapshot(files.statePath));
       snapshotted = true;
     } finally {
@@ -261,6 +275,18 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       diskSnapshotSizeInBytes: await allocatedBytes(files.disk),
       memorySnapshotSizeInBytes: (await allocatedBytes(files.memoryPath)) + (await allocatedBytes(files.statePath)),
     };
+  }
+
+  /** Settles with `work`, or rejects as soon as the server shuts down (the VM is then stopped by the caller). */
+  private unlessShutDown<T>(work: Promise<T>): Promise<T> {
+    const { signal } = this.shutdown;
+    work.catch(() => {}); // its failure after a shutdown is no longer anyone's concern
+    if (signal.aborted) return Promise.reject(signal.reason as Error);
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () => reject(signal.reason as Error);
+      signal.addEventListener("abort", onAbort, { once: true });
+      work.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+    });
   }
 
   /** Records the build's outcome and, once every build of its version has settled, the version's and the image's. */

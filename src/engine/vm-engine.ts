@@ -156,7 +156,7 @@ export class VmEngine implements Engine {
         slot.output?.end();
       }),
     );
-    await this.o.builder.idle();
+    await this.o.builder.close();
   }
 
   // ── the endpoint proxy's targets ─────────────────────────────────────────────────────

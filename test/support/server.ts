@@ -15,15 +15,20 @@ export interface TestServer {
   dataDir: string;
   /** A client signing with another account's keys (222222222222). */
   otherAccount: MicrovmsClient;
+  /** Stops the server and removes its data directory. */
   stop(): Promise<void>;
+  /** Stops the server and keeps its data directory, for a restart on it. */
+  close(): Promise<void>;
 }
 
 /**
  * Without a VM driver by default: the API suites test the control plane, and
  * MicroVMs there stay PENDING. `startVmTestServer` runs real QEMU guests.
  */
-export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
-  const dataDir = mkdtempSync(join(tmpdir(), "microvms-test-"));
+export async function startTestServer(
+  env: Record<string, string> = {},
+  dataDir = mkdtempSync(join(tmpdir(), "microvms-test-")),
+): Promise<TestServer> {
   const accountsFile = join(dataDir, "accounts.json");
   writeFileSync(
     accountsFile,
@@ -45,6 +50,7 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
       await server.close();
       rmSync(dataDir, { recursive: true, force: true });
     },
+    close: () => server.close(),
   };
 }
 
@@ -55,8 +61,8 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
 export const testCacheDir = process.env.MICROVMS_TEST_CACHE_DIR ?? join(projectRoot, ".cache", "test");
 
 /** A server with the QEMU driver: real guests, under KVM where it works, else TCG. */
-export function startVmTestServer(env: Record<string, string> = {}): Promise<TestServer> {
-  return startTestServer({ MICROVMS_DRIVER: "qemu", MICROVMS_CACHE_DIR: testCacheDir, ...env });
+export function startVmTestServer(env: Record<string, string> = {}, dataDir?: string): Promise<TestServer> {
+  return startTestServer({ MICROVMS_DRIVER: "qemu", MICROVMS_CACHE_DIR: testCacheDir, ...env }, dataDir);
 }
 
 /** Polls `check` until it returns a value, for states the engine reaches on its own. */

@@ -1,0 +1,59 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { pathToFileURL } from "node:url";
+import { resolveConfig } from "../../src/config.js";
+import { openStore } from "../../src/store/open.js";
+import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer } from "../support/server.js";
+import { qemuProcesses } from "./support.js";
+
+/**
+ * Builds cut short by the service stopping: never left IN_PROGRESS, never a
+ * QEMU left behind, and what a crash leaves is settled at the next start.
+ */
+const scratch: string[] = [];
+after(() => {
+  for (const dir of scratch) rmSync(dir, { recursive: true, force: true });
+});
+
+test("a build under way when the service stops is FAILED with the reason, and its VM is gone", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "microvms-restart-"));
+  const app = mkdtempSync(join(tmpdir(), "microvms-app-"));
+  scratch.push(dataDir, app);
+  // An initialisation that outlasts the test: the build is still booting it when the service stops.
+  writeFileSync(join(app, "bootstrap"), "#!/bin/sh\nsleep 600\nexec httpd -f -p 8080\n", { mode: 0o755 });
+
+  const first = await startVmTestServer({}, dataDir);
+  await first.client.call("CreateMicrovmImage", { name: "slow", baseImageArn: BUSYBOX, buildRoleArn: BUILD_ROLE, codeArtifact: { uri: pathToFileURL(app).href } });
+  await eventually(
+    async () => ((await first.client.call("GetMicrovmImageVersion", { imageIdentifier: "slow", imageVersion: "1" })).state === "IN_PROGRESS" ? true : undefined),
+    "the build to start",
+    60_000,
+  );
+  await eventually(async () => (qemuProcesses(dataDir).length > 0 ? true : undefined), "the build's VM", 60_000);
+  await first.close();
+  assert.deepEqual(qemuProcesses(dataDir), []);
+
+  // A stop records the outcome.
+  const store = await openStore(resolveConfig({ dataDir }));
+  const [build] = await store.buildsInState(["FAILED"]);
+  assert.match(String(build?.stateReason), /interrupted: the service shut down/);
+  // A crash would have left it IN_PROGRESS: put it back so, and start again.
+  await store.updateBuild(build!.buildId, { buildState: "IN_PROGRESS", stateReason: undefined, updatedAt: new Date() });
+  await store.updateVersion(build!.imageId, 1, { state: "IN_PROGRESS", stateReason: undefined, updatedAt: new Date() });
+  await store.updateImage(build!.imageId, { state: "CREATING", updatedAt: new Date() });
+  await store.close();
+
+  const second = await startVmTestServer({}, dataDir);
+  try {
+    const version = await second.client.call("GetMicrovmImageVersion", { imageIdentifier: "slow", imageVersion: "1" });
+    assert.equal(version.state, "FAILED");
+    assert.match(String(version.stateReason), /interrupted by a restart of the service/);
+    const image = await second.client.call("GetMicrovmImage", { imageIdentifier: "slow" });
+    assert.deepEqual([image.state, image.latestFailedImageVersion], ["CREATE_FAILED", "1"]);
+  } finally {
+    await second.close();
+  }
+});
