@@ -35,7 +35,6 @@ export interface BuildSettled {
 
 export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
   private readonly running = new Map<string, Promise<void>>();
-  private queue: Promise<void> = Promise.resolve();
   private active = 0;
   private readonly waiting: (() => void)[] = [];
   private readonly shutdown = new AbortController();

@@ -8,47 +8,24 @@ import S3rver from "s3rver";
 import { create as createTar } from "tar";
 import { mediaTypes, OciLayout, pushImage, startRegistryIn, tarLayer, type Registry } from "../support/oci-registry.js";
 import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, type TestServer } from "../support/server.js";
-import { callEndpoint, qemuProcesses, writeTestApp } from "./support.js";
+import { Guests, qemuProcesses, writeTestApp, type Obj } from "./support.js";
 
 /**
  * Code artifacts from where users keep them, end to end with real guests: an
  * S3-compatible server (s3rver) and, in the OCI suite, a registry.
  */
-type Obj = Record<string, any>;
 const scratch: string[] = [];
 let t: TestServer;
+let g: Guests;
 let s3: S3rver;
 let registry: Registry;
 
 async function buildAndRun(name: string, uri: string, extra: Obj = {}): Promise<Obj> {
-  await t.client.call("CreateMicrovmImage", { name, baseImageArn: BUSYBOX, buildRoleArn: BUILD_ROLE, codeArtifact: { uri }, ...extra });
-  const version = await eventually(
-    async () => {
-      const v: Obj = await t.client.call("GetMicrovmImageVersion", { imageIdentifier: name, imageVersion: "1" });
-      return v.state === "SUCCESSFUL" || v.state === "FAILED" ? v : undefined;
-    },
-    `image ${name} to build`,
-    180_000,
-  );
+  const version = await g.createImage(name, uri, extra);
   assert.equal(version.state, "SUCCESSFUL", version.stateReason);
-  const { microvmId } = await t.client.call("RunMicrovm", { imageIdentifier: name });
-  const vm = await eventually(
-    async () => {
-      const m: Obj = await t.client.call("GetMicrovm", { microvmIdentifier: microvmId as string });
-      return m.state === "RUNNING" || m.state === "TERMINATED" ? m : undefined;
-    },
-    `MicroVM of ${name} to run`,
-    120_000,
-  );
+  const vm = await g.run({ imageIdentifier: name }, ["RUNNING", "TERMINATED"]);
   assert.equal(vm.state, "RUNNING", vm.stateReason);
   return vm;
-}
-
-async function get(vm: Obj, path: string): Promise<string> {
-  const { authToken } = await t.client.call("CreateMicrovmAuthToken", { microvmIdentifier: vm.microvmId, allowedPorts: [{ port: 8080 }], expirationInMinutes: 5 });
-  const answer = await callEndpoint(vm.endpoint, t.server.proxyUrl, path, authToken as Record<string, string>);
-  assert.equal(answer.status, 200, `${path}: ${answer.body}`);
-  return answer.body.trim();
 }
 
 before(async () => {
@@ -62,6 +39,7 @@ before(async () => {
     MICROVMS_S3_ACCESS_KEY_ID: "S3RVER",
     MICROVMS_S3_SECRET_ACCESS_KEY: "S3RVER",
   });
+  g = new Guests(t);
   // The artifact: the test app as a tar.gz in a bucket, put there with the AWS SDK.
   const app = writeTestApp();
   scratch.push(app);
@@ -84,7 +62,7 @@ after(async () => {
 describe("code artifacts", { concurrency: true }, () => {
   test("an image built from an S3 object runs", async () => {
     const vm = await buildAndRun("from-s3", "s3://artifacts/apps/web/v1.tar.gz", { environmentVariables: { GREETING: "from S3" } });
-    assert.equal(await get(vm, "/cgi-bin/greet"), "from S3");
+    assert.equal(await g.get(vm, "/cgi-bin/greet"), "from S3");
     await t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId });
   });
 
@@ -96,7 +74,7 @@ describe("code artifacts", { concurrency: true }, () => {
     await pushImage(await webImageLayout(join(work, "image")), "1", `${registry.host}/web`, work);
     const vm = await buildAndRun("from-oci", reference, { environmentVariables: { EXTRA: "from the image" } });
     // Entrypoint, command, working directory and environment come from the OCI image; environmentVariables add to it.
-    assert.equal(await get(vm, "/cgi-bin/env"), "from OCI|from the image|1000");
+    assert.equal(await g.get(vm, "/cgi-bin/env"), "from OCI|from the image|1000");
     await t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId });
   });
 

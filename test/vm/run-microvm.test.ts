@@ -7,7 +7,7 @@ import { after, before, describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
 import { TokenAuthority } from "../../src/tokens/endpoint-token.js";
 import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, type TestServer } from "../support/server.js";
-import { callEndpoint, qemuProcesses, writeTestApp } from "./support.js";
+import { callEndpoint, Guests, qemuProcesses, writeTestApp, type Obj } from "./support.js";
 
 /**
  * Real MicroVMs: images built on the BusyBox base, booted under QEMU (KVM where
@@ -15,52 +15,17 @@ import { callEndpoint, qemuProcesses, writeTestApp } from "./support.js";
  * concurrently so that the guests boot side by side.
  */
 const BUILD_TIMEOUT = 180_000;
-const RUN_TIMEOUT = 120_000;
 
 let t: TestServer;
 let appDir: string;
 const scratch: string[] = [];
 
-type Obj = Record<string, any>;
-
-async function createImage(name: string, uri: string, extra: Obj = {}): Promise<Obj> {
-  await t.client.call("CreateMicrovmImage", { name, baseImageArn: BUSYBOX, buildRoleArn: BUILD_ROLE, codeArtifact: { uri }, ...extra });
-  return eventually(
-    async () => {
-      const v = await t.client.call("GetMicrovmImageVersion", { imageIdentifier: name, imageVersion: "1" });
-      return v.state === "SUCCESSFUL" || v.state === "FAILED" ? v : undefined;
-    },
-    `image ${name} to build`,
-    BUILD_TIMEOUT,
-  );
-}
-
-async function runUntil(input: { imageIdentifier: string } & Obj, states: string[]): Promise<Obj> {
-  const started = await t.client.call("RunMicrovm", input);
-  assert.equal(started.state, "PENDING");
-  return untilState(started.microvmId as string, states);
-}
-
-function untilState(microvmId: string, states: string[]): Promise<Obj> {
-  return eventually(
-    async () => {
-      const m = await t.client.call("GetMicrovm", { microvmIdentifier: microvmId });
-      return states.includes(m.state as string) ? m : undefined;
-    },
-    `MicroVM ${microvmId} to reach ${states.join(" or ")}`,
-    RUN_TIMEOUT,
-  );
-}
-
-async function tokenFor(microvmId: string, allowedPorts: Obj[] = [{ port: 8080 }]): Promise<string> {
-  const answer = await t.client.call("CreateMicrovmAuthToken", { microvmIdentifier: microvmId, allowedPorts, expirationInMinutes: 10 });
-  return (answer.authToken as Record<string, string>)["X-aws-proxy-auth"]!;
-}
-
+let g: Guests;
 const outputOf = (microvmId: string) => readFileSync(join(t.dataDir, "microvms", microvmId, "output.log"), "utf8");
 
 before(async () => {
   t = await startVmTestServer();
+  g = new Guests(t);
   appDir = writeTestApp();
   scratch.push(appDir);
 });
@@ -75,7 +40,7 @@ after(async () => {
 describe("real MicroVMs under QEMU", { concurrency: true }, () => {
   let web: Obj;
   before(async () => {
-    web = await createImage("web", pathToFileURL(appDir).href, {
+    web = await g.createImage("web", pathToFileURL(appDir).href, {
       environmentVariables: { GREETING: "Hello from a MicroVM" },
       resources: [{ minimumMemoryInMiB: 256 }],
     });
@@ -96,7 +61,7 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
   });
 
   test("UpdateMicrovmImage builds the next version and the image becomes UPDATED", async () => {
-    const first = await createImage("updated", pathToFileURL(appDir).href);
+    const first = await g.createImage("updated", pathToFileURL(appDir).href);
     assert.equal(first.state, "SUCCESSFUL", first.stateReason);
     const update = await t.client.call("UpdateMicrovmImage", {
       imageIdentifier: "updated",
@@ -129,11 +94,11 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
   });
 
   test("a MicroVM runs the image and answers through its endpoint", async () => {
-    const vm = await runUntil({ imageIdentifier: "web" }, ["RUNNING", "TERMINATED"]);
+    const vm = await g.run({ imageIdentifier: "web" }, ["RUNNING", "TERMINATED"]);
     assert.equal(vm.state, "RUNNING", vm.stateReason);
     assert.ok(vm.startedAt);
     assert.match(vm.endpoint, new RegExp(`^https://${vm.microvmId}\\.microvms\\.localhost:\\d+$`));
-    const auth = { "X-aws-proxy-auth": await tokenFor(vm.microvmId) };
+    const auth = { "X-aws-proxy-auth": await g.token(vm.microvmId) };
 
     const greet = await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/greet", auth);
     assert.deepEqual([greet.status, greet.body.trim()], [200, "Hello from a MicroVM"]);
@@ -155,7 +120,7 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
 
     // Terminate: the VM stops, the endpoint answers 404, a second terminate changes nothing.
     await t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId });
-    const ended = await untilState(vm.microvmId, ["TERMINATED"]);
+    const ended = await g.untilState(vm.microvmId, ["TERMINATED"]);
     assert.ok(ended.terminatedAt);
     assert.deepEqual(qemuProcesses(vm.microvmId), []);
     assert.equal((await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/greet", auth)).status, 404);
@@ -164,9 +129,9 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
   });
 
   test("the endpoint refuses bad tokens, and refused requests never reach the guest", async () => {
-    const vm = await runUntil({ imageIdentifier: "web" }, ["RUNNING", "TERMINATED"]);
+    const vm = await g.run({ imageIdentifier: "web" }, ["RUNNING", "TERMINATED"]);
     assert.equal(vm.state, "RUNNING", vm.stateReason);
-    const good = await tokenFor(vm.microvmId);
+    const good = await g.token(vm.microvmId);
     const key = Buffer.from(await t.server.store.setting("endpoint-token-key", () => "unused"), "base64");
     const authority = new TokenAuthority(key);
     const now = Math.floor(Date.now() / 1000);
@@ -190,10 +155,10 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
     await eventually(async () => (outputOf(vm.microvmId).includes("to stderr: accepted") ? true : undefined), "the accepted request");
     for (const [marker] of refusals) assert.doesNotMatch(outputOf(vm.microvmId), new RegExp(`to stderr: ${marker}`));
     // A port range covering 8080 works; a token for all ports too.
-    const range = await tokenFor(vm.microvmId, [{ range: { startPort: 8000, endPort: 8100 } }]);
+    const range = await g.token(vm.microvmId, [{ range: { startPort: 8000, endPort: 8100 } }]);
     assert.equal((await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/greet", { "X-aws-proxy-auth": range })).status, 200);
     await t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId });
-    await untilState(vm.microvmId, ["TERMINATED"]);
+    await g.untilState(vm.microvmId, ["TERMINATED"]);
   });
 
   test("the guest reaches the network only with INTERNET_EGRESS", async () => {
@@ -203,12 +168,12 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
     const port = (host.address() as { port: number }).port;
     try {
       const [closed, open] = await Promise.all([
-        runUntil({ imageIdentifier: "web" }, ["RUNNING", "TERMINATED"]),
-        runUntil({ imageIdentifier: "web", egressNetworkConnectors: ["INTERNET_EGRESS"] }, ["RUNNING", "TERMINATED"]),
+        g.run({ imageIdentifier: "web" }, ["RUNNING", "TERMINATED"]),
+        g.run({ imageIdentifier: "web", egressNetworkConnectors: ["INTERNET_EGRESS"] }, ["RUNNING", "TERMINATED"]),
       ]);
       for (const vm of [closed, open]) assert.equal(vm.state, "RUNNING", vm.stateReason);
       const reach = async (vm: Obj) =>
-        (await callEndpoint(vm.endpoint, t.server.proxyUrl, `/cgi-bin/reach?${port}`, { "X-aws-proxy-auth": await tokenFor(vm.microvmId) })).body.trim();
+        (await callEndpoint(vm.endpoint, t.server.proxyUrl, `/cgi-bin/reach?${port}`, { "X-aws-proxy-auth": await g.token(vm.microvmId) })).body.trim();
       assert.equal(await reach(closed), "unreachable");
       assert.equal(await reach(open), "reachable");
       await Promise.all([closed, open].map((vm) => t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId })));
@@ -218,11 +183,11 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
   });
 
   test("additionalOsCapabilities [\"ALL\"] runs the application as root", async () => {
-    const version = await createImage("privileged", pathToFileURL(appDir).href, { additionalOsCapabilities: ["ALL"] });
+    const version = await g.createImage("privileged", pathToFileURL(appDir).href, { additionalOsCapabilities: ["ALL"] });
     assert.equal(version.state, "SUCCESSFUL", version.stateReason);
-    const vm = await runUntil({ imageIdentifier: "privileged" }, ["RUNNING", "TERMINATED"]);
+    const vm = await g.run({ imageIdentifier: "privileged" }, ["RUNNING", "TERMINATED"]);
     assert.equal(vm.state, "RUNNING", vm.stateReason);
-    const auth = { "X-aws-proxy-auth": await tokenFor(vm.microvmId) };
+    const auth = { "X-aws-proxy-auth": await g.token(vm.microvmId) };
     const uid = await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/uid", auth);
     assert.equal(uid.body.trim(), "0");
 
@@ -230,30 +195,30 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
     const [pid] = qemuProcesses(vm.microvmId);
     assert.ok(pid, "the MicroVM's QEMU process");
     process.kill(pid, "SIGKILL");
-    const ended = await untilState(vm.microvmId, ["TERMINATED"]);
+    const ended = await g.untilState(vm.microvmId, ["TERMINATED"]);
     assert.match(ended.stateReason, /stopped unexpectedly .*signal SIGKILL/);
     assert.equal((await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/uid", auth)).status, 404);
   });
 
   test("SuspendMicrovm pauses the VM and ResumeMicrovm continues it", async () => {
-    const vm = await runUntil({ imageIdentifier: "web" }, ["RUNNING", "TERMINATED"]);
+    const vm = await g.run({ imageIdentifier: "web" }, ["RUNNING", "TERMINATED"]);
     assert.equal(vm.state, "RUNNING", vm.stateReason);
-    const auth = { "X-aws-proxy-auth": await tokenFor(vm.microvmId) };
+    const auth = { "X-aws-proxy-auth": await g.token(vm.microvmId) };
     await t.client.call("SuspendMicrovm", { microvmIdentifier: vm.microvmId });
-    await untilState(vm.microvmId, ["SUSPENDED"]);
+    await g.untilState(vm.microvmId, ["SUSPENDED"]);
     assert.equal((await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/greet", auth)).status, 503);
     await assert.rejects(t.client.call("SuspendMicrovm", { microvmIdentifier: vm.microvmId }), /ConflictException.*SUSPENDED/);
     await t.client.call("ResumeMicrovm", { microvmIdentifier: vm.microvmId });
-    const resumed = await untilState(vm.microvmId, ["RUNNING"]);
+    const resumed = await g.untilState(vm.microvmId, ["RUNNING"]);
     assert.deepEqual(resumed.startedAt, vm.startedAt);
     const greet = await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/greet", auth);
     assert.deepEqual([greet.status, greet.body.trim()], [200, "Hello from a MicroVM"]);
     await t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId });
-    await untilState(vm.microvmId, ["TERMINATED"]);
+    await g.untilState(vm.microvmId, ["TERMINATED"]);
   });
 
   test("maximumDurationInSeconds ends the MicroVM", async () => {
-    const vm = await runUntil({ imageIdentifier: "web", maximumDurationInSeconds: 2 }, ["TERMINATED"]);
+    const vm = await g.run({ imageIdentifier: "web", maximumDurationInSeconds: 2 }, ["TERMINATED"]);
     assert.match(vm.stateReason, /maximum duration of 2 seconds/);
     assert.ok(vm.terminatedAt);
     assert.deepEqual(qemuProcesses(vm.microvmId), []);
@@ -268,12 +233,12 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
       "#!/bin/sh\nhttpd -p 8080 -h /var/task/www\nwhile [ ! -f /tmp/quit ]; do sleep 0.2; done\necho 'giving up'\nexit 3\n",
       { mode: 0o755 },
     );
-    const version = await createImage("quitter", pathToFileURL(quitter).href);
+    const version = await g.createImage("quitter", pathToFileURL(quitter).href);
     assert.equal(version.state, "SUCCESSFUL", version.stateReason);
-    const vm = await runUntil({ imageIdentifier: "quitter" }, ["RUNNING", "TERMINATED"]);
+    const vm = await g.run({ imageIdentifier: "quitter" }, ["RUNNING", "TERMINATED"]);
     assert.equal(vm.state, "RUNNING", vm.stateReason);
-    await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/quit", { "X-aws-proxy-auth": await tokenFor(vm.microvmId) });
-    const ended = await untilState(vm.microvmId, ["TERMINATED"]);
+    await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/quit", { "X-aws-proxy-auth": await g.token(vm.microvmId) });
+    const ended = await g.untilState(vm.microvmId, ["TERMINATED"]);
     assert.match(ended.stateReason, /exited with code 3/);
     assert.match(outputOf(vm.microvmId), /giving up/);
     assert.deepEqual(qemuProcesses(vm.microvmId), []);
@@ -282,7 +247,7 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
 
 describe("builds that fail", { concurrency: true }, () => {
   async function failedBuild(name: string, uri: string): Promise<string> {
-    const version = await createImage(name, uri);
+    const version = await g.createImage(name, uri);
     assert.equal(version.state, "FAILED");
     const image = await t.client.call("GetMicrovmImage", { imageIdentifier: name });
     assert.equal(image.state, "CREATE_FAILED");

@@ -3,8 +3,8 @@ import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
-import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, type TestServer } from "../support/server.js";
-import { callEndpoint, qemuProcesses, writeSnapshotApp } from "./support.js";
+import { eventually, startVmTestServer, type TestServer } from "../support/server.js";
+import { Guests, qemuProcesses, writeSnapshotApp, type Obj } from "./support.js";
 
 /**
  * Snapshot builds and hooks with real guests: the application initialises once
@@ -12,11 +12,9 @@ import { callEndpoint, qemuProcesses, writeSnapshotApp } from "./support.js";
  * every MicroVM restores it (state made before the snapshot is there at once)
  * and gets the run hook with its own payload.
  */
-const BUILD_TIMEOUT = 180_000;
-const RUN_TIMEOUT = 120_000;
-type Obj = Record<string, any>;
 
 let t: TestServer;
+let g: Guests;
 let appDir: string;
 
 const hooks = (extra: Obj = {}) => ({
@@ -25,48 +23,17 @@ const hooks = (extra: Obj = {}) => ({
   microvmHooks: { run: "ENABLED", runTimeoutInSeconds: 3, terminate: "ENABLED", ...extra.microvm },
 });
 
-async function build(name: string, extra: Obj = {}): Promise<Obj> {
-  await t.client.call("CreateMicrovmImage", {
-    name,
-    baseImageArn: BUSYBOX,
-    buildRoleArn: BUILD_ROLE,
-    codeArtifact: { uri: pathToFileURL(appDir).href },
+const build = (name: string, extra: Obj = {}) =>
+  g.createImage(name, pathToFileURL(appDir).href, {
     additionalOsCapabilities: ["ALL"],
     resources: [{ minimumMemoryInMiB: 256 }],
     hooks: hooks(),
     ...extra,
   });
-  return eventually(
-    async () => {
-      const v = await t.client.call("GetMicrovmImageVersion", { imageIdentifier: name, imageVersion: "1" });
-      return v.state === "SUCCESSFUL" || v.state === "FAILED" ? v : undefined;
-    },
-    `image ${name} to build`,
-    BUILD_TIMEOUT,
-  );
-}
-
-async function run(input: { imageIdentifier: string } & Obj, states: string[]): Promise<Obj> {
-  const { microvmId } = await t.client.call("RunMicrovm", input);
-  return eventually(
-    async () => {
-      const m = await t.client.call("GetMicrovm", { microvmIdentifier: microvmId as string });
-      return states.includes(m.state as string) ? m : undefined;
-    },
-    `MicroVM ${microvmId} to reach ${states.join(" or ")}`,
-    RUN_TIMEOUT,
-  );
-}
-
-async function get(vm: Obj, path: string): Promise<string> {
-  const { authToken } = await t.client.call("CreateMicrovmAuthToken", { microvmIdentifier: vm.microvmId, allowedPorts: [{ port: 8080 }], expirationInMinutes: 5 });
-  const answer = await callEndpoint(vm.endpoint, t.server.proxyUrl, path, authToken as Record<string, string>);
-  assert.equal(answer.status, 200, `${path}: ${answer.body}`);
-  return answer.body.trim();
-}
 
 before(async () => {
   t = await startVmTestServer();
+  g = new Guests(t);
   appDir = writeSnapshotApp();
 });
 
@@ -95,24 +62,24 @@ describe("snapshot builds", { concurrency: true }, () => {
     assert.match(buildOutput, /initialized at [0-9a-f]{16}/);
 
     const [a, b] = await Promise.all([
-      run({ imageIdentifier: "snap", runHookPayload: "tenant-a" }, ["RUNNING", "TERMINATED"]),
-      run({ imageIdentifier: "snap", runHookPayload: "tenant-b" }, ["RUNNING", "TERMINATED"]),
+      g.run({ imageIdentifier: "snap", runHookPayload: "tenant-a" }, ["RUNNING", "TERMINATED"]),
+      g.run({ imageIdentifier: "snap", runHookPayload: "tenant-b" }, ["RUNNING", "TERMINATED"]),
     ]);
     for (const vm of [a!, b!]) assert.equal(vm.state, "RUNNING", vm.stateReason);
     // State made before the snapshot is there at once, the same in both.
-    const stamp = await get(a!, "/cgi-bin/initialized");
+    const stamp = await g.get(a!, "/cgi-bin/initialized");
     assert.match(stamp, /^[0-9a-f]{16}$/);
-    assert.equal(await get(b!, "/cgi-bin/initialized"), stamp);
+    assert.equal(await g.get(b!, "/cgi-bin/initialized"), stamp);
     assert.ok(buildOutput.includes(`initialized at ${stamp}`));
     // The hooks ran in order: ready and validate at build time, run after the restore.
-    assert.deepEqual((await get(a!, "/cgi-bin/hooks")).split("\n"), ["ready", "validate", "run"]);
-    assert.equal(await get(a!, "/cgi-bin/payload"), "tenant-a");
-    assert.equal(await get(b!, "/cgi-bin/payload"), "tenant-b");
+    assert.deepEqual((await g.get(a!, "/cgi-bin/hooks")).split("\n"), ["ready", "validate", "run"]);
+    assert.equal(await g.get(a!, "/cgi-bin/payload"), "tenant-a");
+    assert.equal(await g.get(b!, "/cgi-bin/payload"), "tenant-b");
     // Memory and disk are each MicroVM's own.
-    assert.deepEqual([await get(a!, "/cgi-bin/count"), await get(a!, "/cgi-bin/count"), await get(b!, "/cgi-bin/count")], ["1", "2", "1"]);
-    assert.equal(await get(a!, "/cgi-bin/mark?from-a"), "marked");
-    assert.equal(await get(a!, "/cgi-bin/read-mark"), "from-a");
-    assert.equal(await get(b!, "/cgi-bin/read-mark"), "none");
+    assert.deepEqual([await g.get(a!, "/cgi-bin/count"), await g.get(a!, "/cgi-bin/count"), await g.get(b!, "/cgi-bin/count")], ["1", "2", "1"]);
+    assert.equal(await g.get(a!, "/cgi-bin/mark?from-a"), "marked");
+    assert.equal(await g.get(a!, "/cgi-bin/read-mark"), "from-a");
+    assert.equal(await g.get(b!, "/cgi-bin/read-mark"), "none");
 
     // The terminate hook runs before the VM stops.
     await Promise.all([a!, b!].map((vm) => t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId })));
@@ -124,8 +91,8 @@ describe("snapshot builds", { concurrency: true }, () => {
 
   test("a run hook that fails or times out terminates the MicroVM with the reason", async () => {
     const [failed, slow] = await Promise.all([
-      run({ imageIdentifier: "snap", runHookPayload: "please fail" }, ["RUNNING", "TERMINATED"]),
-      run({ imageIdentifier: "snap", runHookPayload: "be slow" }, ["RUNNING", "TERMINATED"]),
+      g.run({ imageIdentifier: "snap", runHookPayload: "please fail" }, ["RUNNING", "TERMINATED"]),
+      g.run({ imageIdentifier: "snap", runHookPayload: "be slow" }, ["RUNNING", "TERMINATED"]),
     ]);
     assert.equal(failed!.state, "TERMINATED");
     assert.match(failed!.stateReason, /run hook \(POST \/run on port 9000\) answered HTTP 500/);

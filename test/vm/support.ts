@@ -1,8 +1,10 @@
+import assert from "node:assert/strict";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { request, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { BUILD_ROLE, BUSYBOX, eventually, type TestServer } from "../support/server.js";
 
 /**
  * A MicroVM application for the BusyBox base: `bootstrap` runs BusyBox httpd on
@@ -146,4 +148,58 @@ export function writeSnapshotApp(): string {
     { mode: 0o755 },
   );
   return dir;
+}
+
+export type Obj = Record<string, any>;
+
+/** How long a build (a cold boot under TCG, more when several share the cores) and a run may take. */
+const BUILD_TIMEOUT_MS = 180_000;
+const RUN_TIMEOUT_MS = 120_000;
+
+/** What the VM suites do through the API of one test server. */
+export class Guests {
+  constructor(private readonly t: TestServer) {}
+
+  /** Creates an image on the busybox base and waits for its version 1 to build or fail. */
+  async createImage(name: string, uri: string, extra: Obj = {}): Promise<Obj> {
+    await this.t.client.call("CreateMicrovmImage", { name, baseImageArn: BUSYBOX, buildRoleArn: BUILD_ROLE, codeArtifact: { uri }, ...extra });
+    return eventually(
+      async () => {
+        const v: Obj = await this.t.client.call("GetMicrovmImageVersion", { imageIdentifier: name, imageVersion: "1" });
+        return v.state === "SUCCESSFUL" || v.state === "FAILED" ? v : undefined;
+      },
+      `image ${name} to build`,
+      BUILD_TIMEOUT_MS,
+    );
+  }
+
+  /** Runs a MicroVM (PENDING at first) and waits for one of `states`. */
+  async run(input: { imageIdentifier: string } & Obj, states: string[]): Promise<Obj> {
+    const started = await this.t.client.call("RunMicrovm", input);
+    assert.equal(started.state, "PENDING");
+    return this.untilState(started.microvmId as string, states);
+  }
+
+  untilState(microvmId: string, states: string[]): Promise<Obj> {
+    return eventually(
+      async () => {
+        const m: Obj = await this.t.client.call("GetMicrovm", { microvmIdentifier: microvmId });
+        return states.includes(m.state as string) ? m : undefined;
+      },
+      `MicroVM ${microvmId} to reach ${states.join(" or ")}`,
+      RUN_TIMEOUT_MS,
+    );
+  }
+
+  async token(microvmId: string, allowedPorts: Obj[] = [{ port: 8080 }]): Promise<string> {
+    const answer = await this.t.client.call("CreateMicrovmAuthToken", { microvmIdentifier: microvmId, allowedPorts, expirationInMinutes: 10 });
+    return (answer.authToken as Record<string, string>)["X-aws-proxy-auth"]!;
+  }
+
+  /** GET through the MicroVM's endpoint with a fresh token; asserts a 200 and returns the trimmed body. */
+  async get(vm: Obj, path: string): Promise<string> {
+    const answer = await callEndpoint(vm.endpoint, this.t.server.proxyUrl, path, { "X-aws-proxy-auth": await this.token(vm.microvmId) });
+    assert.equal(answer.status, 200, `${path}: ${answer.body}`);
+    return answer.body.trim();
+  }
 }
