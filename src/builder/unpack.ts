@@ -89,16 +89,8 @@ export class ArtifactWriter {
     for (const [rel, mode] of this.#directoryModes) await chmod(join(this.dest, rel), mode);
   }
 
-  /** Checks an entry's name and returns its path relative to dest ("" for dest itself). */
   #entryPath(name: string): string {
-    const parts = name.split("/").filter((part) => part !== "" && part !== ".");
-    if (name.includes("\0") || name.startsWith("/") || /^[A-Za-z]:/.test(name) || parts.includes("..")) {
-      throw new ArtifactError(
-        `Code artifact ${this.uri} has an entry "${name}" that would be written outside the artifact; ` +
-          `entry paths must be relative and must not contain "..".`,
-      );
-    }
-    return parts.join("/");
+    return entryPath(this.uri, name);
   }
 
   #requireName(name: string): string {
@@ -198,4 +190,16 @@ export function describeIoError(err: unknown): string {
   if (code === "ELOOP") return "too many levels of symbolic links";
   if (code === "EISDIR") return "is a directory";
   return err instanceof Error ? err.message : String(err);
+}
+
+/** Checks an archive entry's name and returns its path relative to the destination ("" for the destination itself). */
+export function entryPath(uri: string, name: string): string {
+  const parts = name.split("/").filter((part) => part !== "" && part !== ".");
+  if (name.includes("\0") || name.startsWith("/") || /^[A-Za-z]:/.test(name) || parts.includes("..")) {
+    throw new ArtifactError(
+      `Code artifact ${uri} has an entry "${name}" that would be written outside the artifact; ` +
+        `entry paths must be relative and must not contain "..".`,
+    );
+  }
+  return parts.join("/");
 }

@@ -15,7 +15,7 @@ import { lstat, open, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { ArtifactError } from "../artifact-error.js";
 import { unpackTar } from "../tar.js";
-import { ArtifactWriter } from "../unpack.js";
+import { ArtifactWriter, entryPath } from "../unpack.js";
 
 /** Lambda's limit on the unpacked size of a container image. */
 export const defaultMaxImageBytes = 10 * 1024 ** 3;
@@ -204,14 +204,7 @@ class LayerWriter extends ArtifactWriter {
 
   /** An entry's path relative to the root, by ArtifactWriter's rules (which it checks again). */
   #relative(name: string): string {
-    const parts = name.split("/").filter((part) => part !== "" && part !== ".");
-    if (name.includes("\0") || name.startsWith("/") || /^[A-Za-z]:/.test(name) || parts.includes("..")) {
-      throw new ArtifactError(
-        `Code artifact ${this.uri} has an entry "${name}" that would be written outside the artifact; ` +
-          `entry paths must be relative and must not contain "..".`,
-      );
-    }
-    return parts.join("/");
+    return entryPath(this.uri, name);
   }
 }
 
