@@ -62,15 +62,13 @@ export interface Vm {
   onAgentEvent(listener: (event: AgentEvent) => void): void;
   /** A loopback port forwarded to `guestPort` in the guest (added on first use, then kept). */
   forward(guestPort: number): Promise<number>;
-  /** Freezes the guest's CPUs: it uses no CPU, keeps its memory, and its clock stops. */
-  pause(): Promise<void>;
-  /** Runs a paused guest again, with its clock corrected and fresh entropy. */
-  resume(): Promise<void>;
   /**
-   * Saves the VM's device state to `statePath` (its RAM is already in the
-   * shared memory file) and leaves it paused, disk flushed: stop it next.
+   * Saves the VM to `statePath` and leaves it paused, disk flushed: stop it
+   * next. Device state only when its RAM is in a shared memory file (a build);
+   * `withMemory` puts its RAM in the state file too (a suspension, whose RAM
+   * is a private copy-on-write mapping of the build's).
    */
-  snapshot(statePath: string): Promise<void>;
+  snapshot(statePath: string, options?: { withMemory?: boolean }): Promise<void>;
   /** Stops the VM: the agent powers it off, or after `graceMs` it is killed. Resolves once the process is gone. */
   stop(graceMs?: number): Promise<VmExit>;
 }
@@ -85,5 +83,5 @@ export interface VmDriver {
    * (mapped privately) and `spec.disk` a private copy of its disk. Returns once
    * the guest runs again, with its clock corrected and fresh entropy.
    */
-  restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string): Promise<Vm>;
+  restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string, options?: { memoryInState?: boolean }): Promise<Vm>;
 }

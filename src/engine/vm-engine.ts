@@ -1,5 +1,5 @@
 import { createWriteStream, type WriteStream } from "node:fs";
-import { mkdir, readFile, rm } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
@@ -55,8 +55,6 @@ interface Slot {
   stopping: boolean;
   /** The image version's hooks (run, suspend, resume, terminate). */
   hooks?: Hooks;
-  /** Suspended: the guest's CPUs are stopped. */
-  paused?: boolean;
 }
 
 export class VmEngine implements Engine {
@@ -80,18 +78,26 @@ export class VmEngine implements Engine {
   }
 
   /**
-   * Suspends by pausing the VM: no CPU, state intact, but its memory stays
-   * held. Saving memory to disk and stopping QEMU comes with snapshots.
+   * Suspends to disk: the suspend hook, then the VM's memory and devices into
+   * `suspended.state` beside its disk overlay, then QEMU quits. A suspended
+   * MicroVM holds no memory and no process.
    */
   suspendMicrovm(microvm: MicrovmRecord): void {
     this.step(microvm.microvmId, async (slot) => {
       const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
       if (current?.state !== "SUSPENDING") return; // terminated meanwhile
-      if (!slot.vm) throw new Error(`MicroVM ${microvm.microvmId} has no VM to suspend`);
+      const vm = slot.vm;
+      if (!vm) throw new Error(`MicroVM ${microvm.microvmId} has no VM to suspend`);
       await this.bestEffortHook(microvm, slot, "suspend");
-      await slot.vm.pause();
-      slot.paused = true;
+      const statePath = this.suspendedStateOf(microvm.microvmId);
+      const partial = `${statePath}.partial`;
+      // Written whole, then renamed: a crash mid-way never leaves a state file that looks complete.
+      await vm.snapshot(partial, { withMemory: true });
+      await rename(partial, statePath);
+      await this.stopAndClean(microvm.microvmId, slot, { keepDisk: true });
+      slot.stopping = false;
       await this.o.lifecycle.apply(current, "suspended");
+      this.o.log.info({ microvmId: microvm.microvmId }, "MicroVM suspended to disk");
     });
   }
 
@@ -99,12 +105,19 @@ export class VmEngine implements Engine {
     this.step(microvm.microvmId, async (slot) => {
       const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
       if (current?.state !== "PENDING") return;
-      if (!slot.vm) throw new Error(`MicroVM ${microvm.microvmId} has no VM to resume`);
-      await slot.vm.resume();
-      slot.paused = false;
-      await this.bestEffortHook(microvm, slot, "resume");
-      // startedAt stays: maximumDurationInSeconds counts from the first start, whatever the state since.
-      await this.o.lifecycle.apply(current, "started");
+      try {
+        const vm = await this.bringUp(current, slot, "suspension");
+        await this.bestEffortHook(microvm, slot, "resume");
+        await rm(this.suspendedStateOf(microvm.microvmId), { force: true });
+        // startedAt stays: maximumDurationInSeconds counts from the first start, whatever the state since.
+        await this.o.lifecycle.apply(current, "started");
+        this.o.log.info({ microvmId: microvm.microvmId, pid: vm.pid }, "MicroVM resumed");
+      } catch (error) {
+        this.o.log.warn({ err: error, microvmId: microvm.microvmId }, "MicroVM failed to resume");
+        await this.stopAndClean(microvm.microvmId, slot);
+        await this.o.lifecycle.apply(current, "failed", { stateReason: `The MicroVM could not resume: ${(error as Error).message}` }).catch(() => {});
+        this.slots.delete(microvm.microvmId);
+      }
     });
   }
 
@@ -124,22 +137,32 @@ export class VmEngine implements Engine {
   }
 
   /**
-   * Settles what a previous run of the server left. Its VMs died with it (the
-   * driver does not adopt VMs yet): RUNNING ones are terminated with a reason,
-   * TERMINATING ones finish, PENDING ones start again. Builds: see ImageBuilder.
+   * Settles what a previous run of the server left. Suspended MicroVMs live on
+   * disk and simply stay SUSPENDED (a suspension cut short is finished if its
+   * state file was complete). VMs that ran died with the server (they are not
+   * adopted yet): RUNNING ones are terminated with a reason. TERMINATING ones
+   * finish; PENDING ones start, or resume if they were resuming. Deadlines are
+   * armed again from the recorded startedAt. Builds: see ImageBuilder.
    */
   async reconcile(): Promise<void> {
     await this.o.builder.reconcile();
     const { store, lifecycle } = this.o;
+    const suspendedOnDisk = (microvm: MicrovmRecord) => stat(this.suspendedStateOf(microvm.microvmId)).then(() => true, () => false);
     for (const microvm of await store.microvmsInState(["RUNNING", "SUSPENDING", "SUSPENDED"])) {
       await this.killLeftover(microvm.microvmId);
+      if (microvm.state !== "RUNNING" && (await suspendedOnDisk(microvm))) {
+        const { microvm: suspended } = await lifecycle.apply(microvm, "suspended").catch(() => ({ microvm }));
+        this.armMaximumDuration(suspended, this.slotOf(microvm.microvmId));
+        continue;
+      }
       await lifecycle.apply(microvm, "failed", { stateReason: "The service restarted and the MicroVM's VM did not survive it." });
       await rm(this.microvmDir(microvm.microvmId), { recursive: true, force: true });
     }
     for (const microvm of await store.microvmsInState(["TERMINATING"])) this.terminateMicrovm(microvm);
     for (const microvm of await store.microvmsInState(["PENDING"])) {
       await this.killLeftover(microvm.microvmId);
-      this.runMicrovm(microvm);
+      if (await suspendedOnDisk(microvm)) this.resumeMicrovm(microvm);
+      else this.runMicrovm(microvm);
     }
   }
 
@@ -173,14 +196,18 @@ export class VmEngine implements Engine {
 
   // ── MicroVM work ────────────────────────────────────────────────────────
 
-  /** Queues `work` after whatever is under way on the MicroVM. */
-  private step(microvmId: string, work: (slot: Slot) => Promise<void>): void {
+  private slotOf(microvmId: string): Slot {
     let slot = this.slots.get(microvmId);
     if (!slot) {
       slot = { chain: Promise.resolve(), abort: new AbortController(), stopping: false };
       this.slots.set(microvmId, slot);
     }
-    const current = slot;
+    return slot;
+  }
+
+  /** Queues `work` after whatever is under way on the MicroVM. */
+  private step(microvmId: string, work: (slot: Slot) => Promise<void>): void {
+    const current = this.slotOf(microvmId);
     current.chain = current.chain.then(() => work(current)).catch((error: unknown) => {
       this.o.log.error({ err: error, microvmId }, "MicroVM work failed");
     });
@@ -202,50 +229,22 @@ export class VmEngine implements Engine {
 
       const dir = this.microvmDir(microvm.microvmId);
       await mkdir(dir, { recursive: true });
-      const disk = join(dir, "disk.qcow2");
-      const snapshot = this.o.builder.snapshotOf(build.buildId);
       // A private copy-on-write layer: the snapshot's disk is shared by every MicroVM of the version and never written.
-      await runCommand("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", snapshot.disk, disk], {
+      await runCommand("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", this.o.builder.snapshotOf(build.buildId).disk, join(dir, "disk.qcow2")], {
         what: `the disk of MicroVM ${microvm.microvmId}`,
         debianPackage: "qemu-utils",
       });
-      const assets = await this.o.assets();
       signal.throwIfAborted();
-
-      const egress = (microvm.config.egressNetworkConnectors ?? version.config.egressNetworkConnectors ?? []).includes("INTERNET_EGRESS");
       // Never a cold boot: the application starts where the build's snapshot left it.
-      const vm = await this.o.driver.restore(
-        {
-          name: microvm.microvmId,
-          runDir: join(dir, "run"),
-          kernel: assets.kernel,
-          initrd: assets.initrd,
-          disk: { path: disk, format: "qcow2" },
-          memoryMiB: guestMemoryMiB(version.config),
-          memory: { path: snapshot.memoryPath, share: false },
-          egress,
-        },
-        snapshot.statePath,
-      );
-      slot.vm = vm;
-      slot.hooks = version.config.hooks;
-      slot.output = createWriteStream(join(dir, "output.log"), { flags: "a" });
-      const output = slot.output;
-      vm.onAgentEvent((event) => {
-        if (event.kind === "stdout" || event.kind === "stderr") output.write(`${event.line}\n`);
-      });
-      void vm.exited.then((exit) => {
-        if (!slot.stopping && !this.closed) this.step(microvm.microvmId, () => this.vmEnded(microvm, slot, exit.reason));
-      });
-      mlog.info({ pid: vm.pid, egress }, "VM restored from its image's snapshot");
+      const vm = await this.bringUp(microvm, slot, "snapshot");
+      mlog.info({ pid: vm.pid }, "VM restored from its image's snapshot");
 
       await Promise.race([callHook(vm, slot.hooks, "run", microvm.config.runHookPayload ?? ""), aborted(signal)]);
       const startedAt = this.o.now();
       const { moved } = await lifecycle.apply(microvm, "started", { startedAt, stateReason: undefined });
       if (!moved) return;
       mlog.info("MicroVM running");
-      const deadline = startedAt.getTime() + microvm.config.maximumDurationInSeconds * 1000;
-      slot.maxDurationTimer = setTimeout(() => this.maximumDurationReached(microvm), Math.max(0, deadline - Date.now()));
+      this.armMaximumDuration({ ...microvm, startedAt }, slot);
     } catch (error) {
       if (signal.aborted) return; // a terminate (or shutdown) took over; it cleans up
       const reason =
@@ -255,6 +254,58 @@ export class VmEngine implements Engine {
       await lifecycle.apply(microvm, "failed", { stateReason: reason }).catch(() => {});
       this.slots.delete(microvm.microvmId);
     }
+  }
+
+  /** maximumDurationInSeconds counts from startedAt, whatever the state since. */
+  private armMaximumDuration(microvm: MicrovmRecord, slot: Slot): void {
+    clearTimeout(slot.maxDurationTimer);
+    const deadline = (microvm.startedAt ?? microvm.createdAt).getTime() + microvm.config.maximumDurationInSeconds * 1000;
+    slot.maxDurationTimer = setTimeout(() => this.maximumDurationReached(microvm), Math.max(0, deadline - Date.now()));
+  }
+
+  private suspendedStateOf(microvmId: string): string {
+    return join(this.microvmDir(microvmId), "suspended.state");
+  }
+
+  /**
+   * Starts the MicroVM's VM on its disk overlay from the build's snapshot (a
+   * run) or from its own suspended state (a resume, whose RAM is in the state
+   * file, laid over the build's memory file), and wires its output and exit.
+   */
+  private async bringUp(microvm: MicrovmRecord, slot: Slot, from: "snapshot" | "suspension"): Promise<Vm> {
+    const version = await this.o.store.findVersion(microvm.imageId, microvm.imageVersion);
+    if (!version) throw new StartFailure(`Image version ${microvm.imageVersion} no longer exists.`);
+    const build = await this.waitForBuild(microvm, slot.abort.signal);
+    const snapshot = this.o.builder.snapshotOf(build.buildId);
+    const assets = await this.o.assets();
+    const dir = this.microvmDir(microvm.microvmId);
+    const egress = (microvm.config.egressNetworkConnectors ?? version.config.egressNetworkConnectors ?? []).includes("INTERNET_EGRESS");
+    const vm = await this.o.driver.restore(
+      {
+        name: microvm.microvmId,
+        runDir: join(dir, "run"),
+        kernel: assets.kernel,
+        initrd: assets.initrd,
+        disk: { path: join(dir, "disk.qcow2"), format: "qcow2" },
+        memoryMiB: guestMemoryMiB(version.config),
+        memory: { path: snapshot.memoryPath, share: false },
+        egress,
+      },
+      from === "snapshot" ? snapshot.statePath : this.suspendedStateOf(microvm.microvmId),
+      { memoryInState: from === "suspension" },
+    );
+    slot.vm = vm;
+    slot.stopping = false;
+    slot.hooks = version.config.hooks;
+    const output = createWriteStream(join(dir, "output.log"), { flags: "a" });
+    slot.output = output;
+    vm.onAgentEvent((event) => {
+      if (event.kind === "stdout" || event.kind === "stderr") output.write(`${event.line}\n`);
+    });
+    void vm.exited.then((exit) => {
+      if (!slot.stopping && !this.closed) this.step(microvm.microvmId, () => this.vmEnded(microvm, slot, exit.reason));
+    });
+    return vm;
   }
 
   /** The build of the MicroVM's version for this host, once it has succeeded. */
@@ -309,8 +360,8 @@ export class VmEngine implements Engine {
   }
 
   private async terminate(microvm: MicrovmRecord, slot: Slot): Promise<void> {
-    // A paused (suspended) guest cannot answer; it is stopped as it is.
-    if (slot.vm && !slot.paused) await this.bestEffortHook(microvm, slot, "terminate");
+    // A suspended MicroVM has no VM to call; it is terminated as it is.
+    if (slot.vm) await this.bestEffortHook(microvm, slot, "terminate");
     await this.stopAndClean(microvm.microvmId, slot);
     const current = (await this.o.store.findMicrovm(microvm, microvm.microvmId)) ?? microvm;
     // Its VM may have ended on its own meanwhile, which already made it TERMINATED.
@@ -329,16 +380,19 @@ export class VmEngine implements Engine {
     );
   }
 
-  /** Stops the VM if one runs and removes the MicroVM's files. */
-  private async stopAndClean(microvmId: string, slot: Slot): Promise<void> {
+  /** Stops the VM if one runs and removes the MicroVM's files (all but its disk and suspended state when suspending). */
+  private async stopAndClean(microvmId: string, slot: Slot, options: { keepDisk?: boolean } = {}): Promise<void> {
     slot.stopping = true;
-    clearTimeout(slot.maxDurationTimer);
-    if (slot.vm) await slot.vm.stop();
+    // A suspended VM was saved paused and must not run on: it quits at once, and its deadline keeps counting.
+    if (!options.keepDisk) clearTimeout(slot.maxDurationTimer);
+    if (slot.vm) await slot.vm.stop(options.keepDisk ? 0 : undefined);
     slot.vm = undefined;
     await new Promise<void>((resolve) => (slot.output ? slot.output.end(resolve) : resolve()));
     slot.output = undefined;
     await rm(join(this.microvmDir(microvmId), "run"), { recursive: true, force: true });
+    if (options.keepDisk) return;
     await rm(join(this.microvmDir(microvmId), "disk.qcow2"), { force: true });
+    await rm(this.suspendedStateOf(microvmId), { force: true });
   }
 
   /** A QEMU a previous run of the server left behind: it cannot be adopted yet, so it is stopped. */

@@ -7,7 +7,7 @@ import { pathToFileURL } from "node:url";
 import { resolveConfig } from "../../src/config.js";
 import { openStore } from "../../src/store/open.js";
 import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer } from "../support/server.js";
-import { qemuProcesses } from "./support.js";
+import { callEndpoint, Guests, qemuProcesses, writeSnapshotApp, type Obj } from "./support.js";
 
 /**
  * Builds cut short by the service stopping: never left IN_PROGRESS, never a
@@ -56,4 +56,43 @@ test("a build under way when the service stops is FAILED with the reason, and it
   } finally {
     await second.close();
   }
+});
+
+test("a suspended MicroVM survives a restart of the service and resumes where it was", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "microvms-restart-"));
+  const app = writeSnapshotApp();
+  scratch.push(dataDir, app);
+  const first = await startVmTestServer({}, dataDir);
+  let vm: Obj;
+  let auth: Record<string, string>;
+  try {
+    const g = new Guests(first);
+    const version = await g.createImage("counter", pathToFileURL(app).href, { resources: [{ minimumMemoryInMiB: 256 }] });
+    assert.equal(version.state, "SUCCESSFUL", version.stateReason);
+    vm = await g.run({ imageIdentifier: "counter" }, ["RUNNING", "TERMINATED"]);
+    assert.equal(vm.state, "RUNNING", vm.stateReason);
+    auth = { "X-aws-proxy-auth": await g.token(vm.microvmId) };
+    assert.deepEqual([await g.get(vm, "/cgi-bin/count"), await g.get(vm, "/cgi-bin/count")], ["1", "2"]);
+    await first.client.call("SuspendMicrovm", { microvmIdentifier: vm.microvmId });
+    await g.untilState(vm.microvmId, ["SUSPENDED"]);
+  } finally {
+    await first.close();
+  }
+
+  const second = await startVmTestServer({}, dataDir);
+  try {
+    const g = new Guests(second);
+    assert.equal((await second.client.call("GetMicrovm", { microvmIdentifier: vm.microvmId })).state, "SUSPENDED");
+    await second.client.call("ResumeMicrovm", { microvmIdentifier: vm.microvmId });
+    const resumed = await g.untilState(vm.microvmId, ["RUNNING", "TERMINATED"]);
+    assert.equal(resumed.state, "RUNNING", resumed.stateReason);
+    // Its memory is as it was, and a token issued before the restart still works (the proxy moved port: the endpoint is the new one).
+    const answer = await callEndpoint(resumed.endpoint, second.server.proxyUrl, "/cgi-bin/count", auth);
+    assert.deepEqual([answer.status, answer.body.trim()], [200, "3"]);
+    await second.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId });
+    await g.untilState(vm.microvmId, ["TERMINATED"]);
+  } finally {
+    await second.close();
+  }
+  assert.deepEqual(qemuProcesses(dataDir), []);
 });

@@ -200,23 +200,6 @@ describe("real MicroVMs under QEMU", { concurrency: true }, () => {
     assert.equal((await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/uid", auth)).status, 404);
   });
 
-  test("SuspendMicrovm pauses the VM and ResumeMicrovm continues it", async () => {
-    const vm = await g.run({ imageIdentifier: "web" }, ["RUNNING", "TERMINATED"]);
-    assert.equal(vm.state, "RUNNING", vm.stateReason);
-    const auth = { "X-aws-proxy-auth": await g.token(vm.microvmId) };
-    await t.client.call("SuspendMicrovm", { microvmIdentifier: vm.microvmId });
-    await g.untilState(vm.microvmId, ["SUSPENDED"]);
-    assert.equal((await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/greet", auth)).status, 503);
-    await assert.rejects(t.client.call("SuspendMicrovm", { microvmIdentifier: vm.microvmId }), /ConflictException.*SUSPENDED/);
-    await t.client.call("ResumeMicrovm", { microvmIdentifier: vm.microvmId });
-    const resumed = await g.untilState(vm.microvmId, ["RUNNING"]);
-    assert.deepEqual(resumed.startedAt, vm.startedAt);
-    const greet = await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/greet", auth);
-    assert.deepEqual([greet.status, greet.body.trim()], [200, "Hello from a MicroVM"]);
-    await t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId });
-    await g.untilState(vm.microvmId, ["TERMINATED"]);
-  });
-
   test("maximumDurationInSeconds ends the MicroVM", async () => {
     const vm = await g.run({ imageIdentifier: "web", maximumDurationInSeconds: 2 }, ["TERMINATED"]);
     assert.match(vm.stateReason, /maximum duration of 2 seconds/);

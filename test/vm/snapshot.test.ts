@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { readFileSync, rmSync } from "node:fs";
+import { readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { pathToFileURL } from "node:url";
 import { eventually, startVmTestServer, type TestServer } from "../support/server.js";
-import { Guests, qemuProcesses, writeSnapshotApp, type Obj } from "./support.js";
+import { callEndpoint, Guests, qemuProcesses, writeSnapshotApp, type Obj } from "./support.js";
 
 /**
  * Snapshot builds and hooks with real guests: the application initialises once
@@ -20,7 +20,7 @@ let appDir: string;
 const hooks = (extra: Obj = {}) => ({
   port: 9000,
   microvmImageHooks: { ready: "ENABLED", validate: "ENABLED", ...extra.image },
-  microvmHooks: { run: "ENABLED", runTimeoutInSeconds: 3, terminate: "ENABLED", ...extra.microvm },
+  microvmHooks: { run: "ENABLED", runTimeoutInSeconds: 3, suspend: "ENABLED", resume: "ENABLED", terminate: "ENABLED", ...extra.microvm },
 });
 
 const build = (name: string, extra: Obj = {}) =>
@@ -87,6 +87,33 @@ describe("snapshot builds", { concurrency: true }, () => {
     assert.match(readFileSync(join(t.dataDir, "microvms", a!.microvmId, "output.log"), "utf8"), /hook terminate called/);
     // Restores did not re-run the initialisation.
     assert.doesNotMatch(readFileSync(join(t.dataDir, "microvms", a!.microvmId, "output.log"), "utf8"), /initialized at/);
+  });
+
+  test("a suspended MicroVM holds no process and resumes with its memory and disk intact", async () => {
+    const vm = await g.run({ imageIdentifier: "snap", runHookPayload: "sleeper" }, ["RUNNING", "TERMINATED"]);
+    assert.equal(vm.state, "RUNNING", vm.stateReason);
+    const auth = { "X-aws-proxy-auth": await g.token(vm.microvmId) };
+    assert.deepEqual([await g.get(vm, "/cgi-bin/count"), await g.get(vm, "/cgi-bin/count")], ["1", "2"]);
+    assert.equal(await g.get(vm, "/cgi-bin/mark?before-suspend"), "marked");
+
+    await t.client.call("SuspendMicrovm", { microvmIdentifier: vm.microvmId });
+    await g.untilState(vm.microvmId, ["SUSPENDED"]);
+    assert.deepEqual(qemuProcesses(vm.microvmId), [], "a suspended MicroVM has no QEMU process");
+    assert.ok(statSync(join(t.dataDir, "microvms", vm.microvmId, "suspended.state")).size > 1 << 20, "its memory is on disk");
+    assert.equal((await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/count", auth)).status, 503);
+    await assert.rejects(t.client.call("SuspendMicrovm", { microvmIdentifier: vm.microvmId }), /ConflictException.*SUSPENDED/);
+
+    await t.client.call("ResumeMicrovm", { microvmIdentifier: vm.microvmId });
+    const resumed = await g.untilState(vm.microvmId, ["RUNNING", "TERMINATED"]);
+    assert.equal(resumed.state, "RUNNING", resumed.stateReason);
+    assert.deepEqual(resumed.startedAt, vm.startedAt);
+    // The counter in guest memory goes on; the disk kept what was written; tokens from before still work.
+    assert.equal((await callEndpoint(vm.endpoint, t.server.proxyUrl, "/cgi-bin/count", auth)).body.trim(), "3");
+    assert.equal(await g.get(vm, "/cgi-bin/read-mark"), "before-suspend");
+    assert.deepEqual((await g.get(vm, "/cgi-bin/hooks")).split("\n"), ["ready", "validate", "run", "suspend", "resume"]);
+    await t.client.call("TerminateMicrovm", { microvmIdentifier: vm.microvmId });
+    await g.untilState(vm.microvmId, ["TERMINATED"]);
+    assert.deepEqual(qemuProcesses(vm.microvmId), []);
   });
 
   test("a run hook that fails or times out terminates the MicroVM with the reason", async () => {

@@ -44,12 +44,12 @@ export class QemuDriver implements VmDriver {
     return launch(machine, spec.name, this.log.child({ vm: spec.name }));
   }
 
-  async restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string): Promise<Vm> {
+  async restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string, options: { memoryInState?: boolean } = {}): Promise<Vm> {
     await mkdir(spec.runDir, { recursive: true });
     const layout = qemuLayout(spec.runDir);
     const vm = await launch({ ...spec, accel: this.accel, layout, incoming: true }, spec.name, this.log.child({ vm: spec.name }));
     try {
-      await vm.restoreFrom(statePath);
+      await vm.restoreFrom(statePath, options.memoryInState === true);
       return vm;
     } catch (error) {
       await vm.stop(0);
@@ -226,20 +226,29 @@ export class QemuVm implements Vm {
     return port;
   }
 
-  async snapshot(statePath: string): Promise<void> {
-    await this.qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+  async snapshot(statePath: string, options: { withMemory?: boolean } = {}): Promise<void> {
+    await this.ignoreSharedMemory(options.withMemory !== true);
     await this.qmp.execute("stop");
     await this.qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(statePath)}` });
     await this.migrationCompleted();
   }
 
   /** Loads a snapshot into this VM (started with -incoming defer) and runs it. */
-  async restoreFrom(statePath: string): Promise<void> {
-    await this.qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: true }] });
+  async restoreFrom(statePath: string, memoryInState: boolean): Promise<void> {
+    await this.ignoreSharedMemory(!memoryInState);
     await this.qmp.execute("migrate-incoming", { uri: `exec:cat ${shellQuote(statePath)}` });
     await this.migrationCompleted();
     await this.qmp.execute("cont");
     await this.agent.resync(AGENT_TIMEOUT_MS);
+  }
+
+  /**
+   * x-ignore-shared: the migration stream leaves out RAM in shared memory files
+   * (a build's snapshot, whose RAM is the file). Off, it carries all RAM, zero
+   * pages compressed to a marker (a suspension).
+   */
+  private async ignoreSharedMemory(ignore: boolean): Promise<void> {
+    await this.qmp.execute("migrate-set-capabilities", { capabilities: [{ capability: "x-ignore-shared", state: ignore }] });
   }
 
   private async migrationCompleted(): Promise<void> {
@@ -253,15 +262,6 @@ export class QemuVm implements Vm {
       if (Date.now() > deadline) throw new Error(`the snapshot did not complete within ${MIGRATION_TIMEOUT_MS / 1000} s`);
       await sleep(5);
     }
-  }
-
-  async pause(): Promise<void> {
-    await this.qmp.execute("stop");
-  }
-
-  async resume(): Promise<void> {
-    await this.qmp.execute("cont");
-    await this.agent.resync(AGENT_TIMEOUT_MS);
   }
 
   async stop(graceMs = 5_000): Promise<VmExit> {
