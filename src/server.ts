@@ -85,6 +85,7 @@ export async function startServer(config: ServerConfig, log: Logger = pino({ lev
       targets: {
         findMicrovm: (owner, microvmId) => store.findMicrovm(owner, microvmId),
         connect: (microvmId, guestPort) => engine.connect(microvmId, guestPort),
+        wake: (microvm, timeoutMs) => engine.wake(microvm, timeoutMs),
         activity: (microvmId) => engine.activity(microvmId),
       },
       log: log.child({ part: "proxy" }),

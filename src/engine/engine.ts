@@ -26,6 +26,8 @@ export interface Engine {
   versionsDeleted(imageId: string, versions: number[]): void;
   /** Where the endpoint proxy reaches `guestPort` of the MicroVM's VM; throws TargetUnavailable when no VM runs. */
   connect(microvmId: string, guestPort: number): Promise<{ host: string; port: number }>;
+  /** Auto-resume: brings the MicroVM to RUNNING for a request (see EndpointTargets.wake). */
+  wake(microvm: MicrovmRecord, timeoutMs: number): Promise<MicrovmRecord>;
   /** Traffic through the endpoint: the idle policy's clock. */
   activity(microvmId: string): void;
   /** On start: settle every intent left by a previous run of the server. */

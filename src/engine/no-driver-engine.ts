@@ -47,6 +47,10 @@ export class NoDriverEngine implements Engine {
     throw new TargetUnavailable(microvmId, `MicroVM ${microvmId} has no VM: this server runs without a VM driver.`);
   }
 
+  async wake(microvm: MicrovmRecord): Promise<never> {
+    throw new TargetUnavailable(microvm.microvmId, `MicroVM ${microvm.microvmId} has no VM: this server runs without a VM driver.`);
+  }
+
   activity(): void {}
 
   versionsDeleted(): void {} // no builds, no files

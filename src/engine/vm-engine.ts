@@ -50,7 +50,11 @@ interface Slot {
   abort: AbortController;
   vm?: Vm;
   output?: WriteStream;
-  maxDurationTimer?: NodeJS.Timeout;
+  maxDurationTimer?: LongTimeout;
+  /** The idle policy: when traffic was last seen at the endpoint (epoch ms), and the timers it drives. */
+  lastActivity: number;
+  idleTimer?: NodeJS.Timeout;
+  suspendedTimer?: LongTimeout;
   /** Set when the engine itself stops the VM, so its exit is not a failure. */
   stopping: boolean;
   /** The image version's hooks (run, suspend, resume, terminate). */
@@ -96,7 +100,8 @@ export class VmEngine implements Engine {
       await rename(partial, statePath);
       await this.stopAndClean(microvm.microvmId, slot, { keepDisk: true });
       slot.stopping = false;
-      await this.o.lifecycle.apply(current, "suspended");
+      const { microvm: suspended } = await this.o.lifecycle.apply(current, "suspended");
+      this.armSuspended(suspended, slot);
       this.o.log.info({ microvmId: microvm.microvmId }, "MicroVM suspended to disk");
     });
   }
@@ -110,7 +115,9 @@ export class VmEngine implements Engine {
         await this.bestEffortHook(microvm, slot, "resume");
         await rm(this.suspendedStateOf(microvm.microvmId), { force: true });
         // startedAt stays: maximumDurationInSeconds counts from the first start, whatever the state since.
-        await this.o.lifecycle.apply(current, "started");
+        await this.o.lifecycle.apply(current, "started", { stateReason: undefined });
+        slot.suspendedTimer?.cancel();
+        this.armIdle(current, slot);
         this.o.log.info({ microvmId: microvm.microvmId, pid: vm.pid }, "MicroVM resumed");
       } catch (error) {
         this.o.log.warn({ err: error, microvmId: microvm.microvmId }, "MicroVM failed to resume");
@@ -153,6 +160,7 @@ export class VmEngine implements Engine {
       if (microvm.state !== "RUNNING" && (await suspendedOnDisk(microvm))) {
         const { microvm: suspended } = await lifecycle.apply(microvm, "suspended").catch(() => ({ microvm }));
         this.armMaximumDuration(suspended, this.slotOf(microvm.microvmId));
+        this.armSuspended(suspended, this.slotOf(microvm.microvmId));
         continue;
       }
       await lifecycle.apply(microvm, "failed", { stateReason: "The service restarted and the MicroVM's VM did not survive it." });
@@ -168,13 +176,19 @@ export class VmEngine implements Engine {
 
   async close(): Promise<void> {
     this.closed = true;
-    for (const slot of this.slots.values()) slot.abort.abort();
+    for (const slot of this.slots.values()) {
+      slot.abort.abort();
+      // Deadlines are derived again from the store at the next start (reconcile).
+      clearTimeout(slot.idleTimer);
+      slot.maxDurationTimer?.cancel();
+      slot.suspendedTimer?.cancel();
+    }
     await Promise.allSettled([...this.slots.values()].map((slot) => slot.chain));
     // Until VMs can be adopted after a restart, none may outlive the server.
     await Promise.allSettled(
       [...this.slots.values()].map(async (slot) => {
         slot.stopping = true;
-        clearTimeout(slot.maxDurationTimer);
+        slot.maxDurationTimer?.cancel();
         await slot.vm?.stop(2_000);
         slot.output?.end();
       }),
@@ -190,8 +204,31 @@ export class VmEngine implements Engine {
     return { host: "127.0.0.1", port: await vm.forward(guestPort) };
   }
 
-  activity(_microvmId: string): void {
-    // The idle policy (the suspend issue) reads this.
+  activity(microvmId: string): void {
+    const slot = this.slots.get(microvmId);
+    if (slot) slot.lastActivity = Date.now();
+  }
+
+  async wake(microvm: MicrovmRecord, timeoutMs: number): Promise<MicrovmRecord> {
+    const deadline = Date.now() + timeoutMs;
+    let current: MicrovmRecord | undefined = microvm;
+    for (;;) {
+      if (!current || current.state === "TERMINATING" || current.state === "TERMINATED") {
+        throw new TargetUnavailable(microvm.microvmId, `it is ${current?.state ?? "gone"}`);
+      }
+      if (current.state === "RUNNING") return current;
+      if (current.state === "SUSPENDED") {
+        // Concurrent requests race here; the state table lets one resume and the others wait.
+        const resumed = await this.o.lifecycle.apply(current, "resume").catch(() => undefined);
+        if (resumed?.moved) {
+          this.o.log.info({ microvmId: microvm.microvmId }, "auto-resuming for a request");
+          this.resumeMicrovm(resumed.microvm);
+        }
+      }
+      if (Date.now() > deadline) throw new TargetUnavailable(microvm.microvmId, `still ${current.state} after ${timeoutMs / 1000} s`);
+      await sleep(50);
+      current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
+    }
   }
 
   // ── MicroVM work ────────────────────────────────────────────────────────
@@ -199,7 +236,7 @@ export class VmEngine implements Engine {
   private slotOf(microvmId: string): Slot {
     let slot = this.slots.get(microvmId);
     if (!slot) {
-      slot = { chain: Promise.resolve(), abort: new AbortController(), stopping: false };
+      slot = { chain: Promise.resolve(), abort: new AbortController(), stopping: false, lastActivity: Date.now() };
       this.slots.set(microvmId, slot);
     }
     return slot;
@@ -245,6 +282,7 @@ export class VmEngine implements Engine {
       if (!moved) return;
       mlog.info("MicroVM running");
       this.armMaximumDuration({ ...microvm, startedAt }, slot);
+      this.armIdle(microvm, slot);
     } catch (error) {
       if (signal.aborted) return; // a terminate (or shutdown) took over; it cleans up
       const reason =
@@ -256,11 +294,66 @@ export class VmEngine implements Engine {
     }
   }
 
+  /**
+   * The idle policy while RUNNING: no traffic through the endpoint for
+   * maxIdleDurationSeconds suspends the MicroVM, or terminates it when
+   * suspendedDurationSeconds is 0. Traffic pushes the deadline on.
+   */
+  private armIdle(microvm: MicrovmRecord, slot: Slot): void {
+    const policy = microvm.config.idlePolicy;
+    if (!policy) return;
+    clearTimeout(slot.idleTimer);
+    slot.lastActivity = Date.now();
+    const check = () => {
+      const idleFor = Date.now() - slot.lastActivity;
+      const limit = policy.maxIdleDurationSeconds * 1000;
+      if (idleFor < limit) {
+        slot.idleTimer = setTimeout(check, limit - idleFor).unref();
+        return;
+      }
+      void this.idleReached(microvm, policy.maxIdleDurationSeconds, policy.suspendedDurationSeconds === 0).catch((error: unknown) =>
+        this.o.log.error({ err: error, microvmId: microvm.microvmId }, "could not apply the idle policy"),
+      );
+    };
+    slot.idleTimer = setTimeout(check, policy.maxIdleDurationSeconds * 1000).unref();
+  }
+
+  private async idleReached(microvm: MicrovmRecord, seconds: number, terminate: boolean): Promise<void> {
+    const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
+    if (current?.state !== "RUNNING") return;
+    const why = `No requests reached the MicroVM for ${seconds} seconds.`;
+    if (terminate) {
+      const { moved, microvm: terminating } = await this.o.lifecycle.apply(current, "terminate", { stateReason: `${why} Its idle policy ends it then (suspendedDurationSeconds 0).` });
+      if (moved) this.terminateMicrovm(terminating);
+      return;
+    }
+    const { moved, microvm: suspending } = await this.o.lifecycle.apply(current, "suspend", { stateReason: `${why} Suspended by its idle policy.` });
+    if (moved) this.suspendMicrovm(suspending);
+  }
+
+  /** The idle policy while SUSPENDED: after suspendedDurationSeconds the MicroVM is terminated. Counted from when it was suspended. */
+  private armSuspended(microvm: MicrovmRecord, slot: Slot): void {
+    const policy = microvm.config.idlePolicy;
+    if (!policy) return;
+    slot.suspendedTimer?.cancel();
+    const deadline = microvm.updatedAt.getTime() + policy.suspendedDurationSeconds * 1000;
+    slot.suspendedTimer = longTimeout(() => {
+      void (async () => {
+        const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
+        if (current?.state !== "SUSPENDED") return;
+        const { moved, microvm: terminating } = await this.o.lifecycle.apply(current, "terminate", {
+          stateReason: `The MicroVM stayed suspended for ${policy.suspendedDurationSeconds} seconds, as long as its idle policy allows.`,
+        });
+        if (moved) this.terminateMicrovm(terminating);
+      })().catch((error: unknown) => this.o.log.error({ err: error, microvmId: microvm.microvmId }, "could not end a suspended MicroVM"));
+    }, deadline - Date.now());
+  }
+
   /** maximumDurationInSeconds counts from startedAt, whatever the state since. */
   private armMaximumDuration(microvm: MicrovmRecord, slot: Slot): void {
-    clearTimeout(slot.maxDurationTimer);
+    slot.maxDurationTimer?.cancel();
     const deadline = (microvm.startedAt ?? microvm.createdAt).getTime() + microvm.config.maximumDurationInSeconds * 1000;
-    slot.maxDurationTimer = setTimeout(() => this.maximumDurationReached(microvm), Math.max(0, deadline - Date.now()));
+    slot.maxDurationTimer = longTimeout(() => this.maximumDurationReached(microvm), deadline - Date.now());
   }
 
   private suspendedStateOf(microvmId: string): string {
@@ -384,7 +477,9 @@ export class VmEngine implements Engine {
   private async stopAndClean(microvmId: string, slot: Slot, options: { keepDisk?: boolean } = {}): Promise<void> {
     slot.stopping = true;
     // A suspended VM was saved paused and must not run on: it quits at once, and its deadline keeps counting.
-    if (!options.keepDisk) clearTimeout(slot.maxDurationTimer);
+    if (!options.keepDisk) slot.maxDurationTimer?.cancel();
+    clearTimeout(slot.idleTimer);
+    if (!options.keepDisk) slot.suspendedTimer?.cancel();
     if (slot.vm) await slot.vm.stop(options.keepDisk ? 0 : undefined);
     slot.vm = undefined;
     await new Promise<void>((resolve) => (slot.output ? slot.output.end(resolve) : resolve()));
@@ -421,4 +516,20 @@ function aborted(signal: AbortSignal): Promise<never> {
     if (signal.aborted) reject(signal.reason);
     signal.addEventListener("abort", () => reject(signal.reason));
   });
+}
+
+/** A timer for deadlines beyond setTimeout's range (24.8 days: suspendedDurationSeconds has no maximum); never holds the process open. */
+interface LongTimeout {
+  cancel(): void;
+}
+
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+function longTimeout(fn: () => void, ms: number): LongTimeout {
+  let timer: NodeJS.Timeout;
+  const arm = (remaining: number) => {
+    timer = setTimeout(() => (remaining > MAX_TIMEOUT_MS ? arm(remaining - MAX_TIMEOUT_MS) : fn()), Math.min(Math.max(0, remaining), MAX_TIMEOUT_MS)).unref();
+  };
+  arm(ms);
+  return { cancel: () => clearTimeout(timer) };
 }

@@ -81,8 +81,17 @@ export function authorize(microvmId: string, headers: IncomingHttpHeaders, token
 }
 
 /**
- * What an authorized request meets in each state. A table, so a new state cannot
- * be forgotten; auto-resume will turn SUSPENDED (and SUSPENDING) into "resume".
+ * Whether a request wakes the MicroVM rather than meeting its state: with
+ * autoResumeEnabled, one suspended, suspending or starting (resuming) is
+ * brought to RUNNING first.
+ */
+export function wakesOnRequest(microvm: MicrovmRecord): boolean {
+  return microvm.config.idlePolicy?.autoResumeEnabled === true && ["SUSPENDED", "SUSPENDING", "PENDING"].includes(microvm.state);
+}
+
+/**
+ * What an authorized request meets in each state (after any wake). A table, so
+ * a new state cannot be forgotten.
  */
 const ON_STATE: Record<MicrovmState, "forward" | "retry-later" | "gone"> = {
   PENDING: "retry-later",
@@ -102,8 +111,12 @@ export function admitByState(microvmId: string, microvm: MicrovmRecord | undefin
     case "gone":
       throw new ProxyError("ResourceNotFoundException", `MicroVM ${microvmId} is ${microvm.state}.`);
     case "retry-later":
-      throw new ProxyError("ServiceUnavailableException", `MicroVM ${microvmId} is ${microvm.state}; it is not serving requests. Retry later.`, {
+      throw new ProxyError("ServiceUnavailableException", `MicroVM ${microvmId} is ${microvm.state}; it is not serving requests. ${advice(microvm.state)}`, {
         "retry-after": "1",
       });
   }
+}
+
+function advice(state: MicrovmState): string {
+  return state === "SUSPENDED" ? "Resume it (ResumeMicrovm), or run it with an idle policy that has autoResumeEnabled." : "Retry later.";
 }

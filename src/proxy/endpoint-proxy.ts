@@ -3,7 +3,7 @@ import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
 import type { TokenAuthority } from "../tokens/endpoint-token.js";
 import { ActivityMeter } from "./activity.js";
-import { admitByState, authorize, microvmIdOfHost } from "./authorize.js";
+import { admitByState, authorize, microvmIdOfHost, wakesOnRequest } from "./authorize.js";
 import { ProxyError, sendRefusal, writeRefusal } from "./errors.js";
 import { GuestForwarder, type Admitted } from "./forward.js";
 import { listenForHttpAndHttps } from "./listener.js";
@@ -29,6 +29,9 @@ import { TargetUnavailable, type EndpointTargets } from "./targets.js";
  */
 
 const DEFAULT_FIRST_BYTE_TIMEOUT_MS = 60_000;
+
+/** How long a request to a suspended MicroVM with auto-resume waits for it to run. */
+const WAKE_TIMEOUT_MS = 60_000;
 
 export interface EndpointProxyOptions {
   host: string;
@@ -80,7 +83,15 @@ export async function startEndpointProxy(opts: EndpointProxyOptions): Promise<Ru
     const microvmId = microvmIdOfHost(host, domain);
     if (!microvmId) throw new ProxyError("ResourceNotFoundException", `No MicroVM endpoint is served at host ${JSON.stringify(host ?? "")}.`);
     const { claims, port } = authorize(microvmId, req.headers, tokens, now());
-    admitByState(microvmId, await targets.findMicrovm({ accountId: claims.accountId, region: claims.region }, microvmId));
+    let microvm = await targets.findMicrovm({ accountId: claims.accountId, region: claims.region }, microvmId);
+    if (microvm && wakesOnRequest(microvm)) {
+      // Auto-resume: the request waits (bounded) for the MicroVM to run, and then goes through.
+      microvm = await targets.wake(microvm, WAKE_TIMEOUT_MS).catch((err: unknown) => {
+        if (!(err instanceof TargetUnavailable)) throw err;
+        throw new ProxyError("ServiceUnavailableException", `MicroVM ${microvmId} did not resume in time: ${err.message}`, { "retry-after": "1" });
+      });
+    }
+    admitByState(microvmId, microvm);
     try {
       return { microvmId, guestPort: port, target: await targets.connect(microvmId, port) };
     } catch (err) {

@@ -14,6 +14,13 @@ export interface EndpointTargets {
    * suspended, or gone).
    */
   connect(microvmId: string, guestPort: number): Promise<{ host: string; port: number }>;
+  /**
+   * Brings a MicroVM whose idle policy has autoResumeEnabled back to RUNNING:
+   * resumes it if SUSPENDED, or waits while it suspends or starts. Resolves
+   * with the RUNNING record; throws TargetUnavailable when it does not run
+   * within `timeoutMs` or ends.
+   */
+  wake(microvm: MicrovmRecord, timeoutMs: number): Promise<MicrovmRecord>;
   /** Traffic to or from the MicroVM was seen (requests, stream and WebSocket data): the idle policy's clock. */
   activity(microvmId: string): void;
 }

@@ -124,6 +124,9 @@ const targets: EndpointTargets = {
     if (microvmId === UNAVAILABLE) throw new TargetUnavailable(microvmId, "no VM is running");
     return { host: "127.0.0.1", port: microvmId === REFUSING ? closedPort : guestPort };
   },
+  async wake(microvm: MicrovmRecord): Promise<MicrovmRecord> {
+    throw new TargetUnavailable(microvm.microvmId, "no auto-resume in these tests");
+  },
   activity(microvmId) {
     calls.activity.push(microvmId);
   },
