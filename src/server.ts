@@ -6,7 +6,7 @@ import { buildApi } from "./api/http.js";
 import { loadServiceModel } from "./api/model.js";
 import { SigV4Verifier } from "./api/sigv4.js";
 import type { ServerConfig } from "./config.js";
-import type { Engine } from "./engine/engine.js";
+import type { CloseOptions, Engine } from "./engine/engine.js";
 import { MicrovmLifecycle } from "./engine/lifecycle.js";
 import { createEngine } from "./engine/create-engine.js";
 import type { Services } from "./operations/context.js";
@@ -42,7 +42,8 @@ export interface RunningServer {
   store: Store;
   engine: Engine;
   log: Logger;
-  close(): Promise<void>;
+  /** Stops serving; running VMs are left for the next start to adopt unless `stopVms`. */
+  close(options?: CloseOptions): Promise<void>;
 }
 
 async function signingKey(store: Store, name: string): Promise<Buffer> {
@@ -109,10 +110,10 @@ export async function startServer(config: ServerConfig, log: Logger = pino({ lev
       engine,
       log,
       proxyUrl: proxy.url,
-      async close() {
+      async close(options?: CloseOptions) {
         await api.close();
         await proxy.close();
-        await engine.close();
+        await engine.close(options);
         await store.close();
       },
     };

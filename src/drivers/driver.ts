@@ -69,6 +69,8 @@ export interface Vm {
    * is a private copy-on-write mapping of the build's).
    */
   snapshot(statePath: string, options?: { withMemory?: boolean }): Promise<void>;
+  /** Lets go of the VM without stopping it (the server stops; the next one adopts it). */
+  detach(): void;
   /** Stops the VM: the agent powers it off, or after `graceMs` it is killed. Resolves once the process is gone. */
   stop(graceMs?: number): Promise<VmExit>;
 }
@@ -84,4 +86,6 @@ export interface VmDriver {
    * the guest runs again, with its clock corrected and fresh entropy.
    */
   restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string, options?: { memoryInState?: boolean }): Promise<Vm>;
+  /** Takes over a VM that a previous run of the server started in `runDir`; undefined when it is gone. */
+  adopt(name: string, runDir: string): Promise<Vm | undefined>;
 }

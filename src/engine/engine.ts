@@ -33,5 +33,13 @@ export interface Engine {
   /** On start: settle every intent left by a previous run of the server. */
   reconcile(): Promise<void>;
   /** Stops accepting work and waits for what is under way to settle. */
-  close(): Promise<void>;
+  close(options?: CloseOptions): Promise<void>;
+}
+
+export interface CloseOptions {
+  /**
+   * Stop every VM. Without it running VMs are left running, detached, for the
+   * next start of the server to adopt: a restart loses no MicroVM.
+   */
+  stopVms?: boolean;
 }

@@ -13,7 +13,7 @@ import type { HostPlatform } from "../platform.js";
 import { TargetUnavailable } from "../proxy/targets.js";
 import type { BuildRecord, MicrovmRecord } from "../store/records.js";
 import type { Store } from "../store/store.js";
-import type { Engine } from "./engine.js";
+import type { CloseOptions, Engine } from "./engine.js";
 import type { MicrovmLifecycle } from "./lifecycle.js";
 
 /**
@@ -155,7 +155,9 @@ export class VmEngine implements Engine {
     await this.o.builder.reconcile();
     const { store, lifecycle } = this.o;
     const suspendedOnDisk = (microvm: MicrovmRecord) => stat(this.suspendedStateOf(microvm.microvmId)).then(() => true, () => false);
+    for (const microvm of await store.microvmsInState(["RUNNING", "SUSPENDING"])) await this.adopt(microvm);
     for (const microvm of await store.microvmsInState(["RUNNING", "SUSPENDING", "SUSPENDED"])) {
+      if (this.slots.get(microvm.microvmId)?.vm) continue; // adopted
       await this.killLeftover(microvm.microvmId);
       if (microvm.state !== "RUNNING" && (await suspendedOnDisk(microvm))) {
         const { microvm: suspended } = await lifecycle.apply(microvm, "suspended").catch(() => ({ microvm }));
@@ -166,7 +168,10 @@ export class VmEngine implements Engine {
       await lifecycle.apply(microvm, "failed", { stateReason: "The service restarted and the MicroVM's VM did not survive it." });
       await rm(this.microvmDir(microvm.microvmId), { recursive: true, force: true });
     }
-    for (const microvm of await store.microvmsInState(["TERMINATING"])) this.terminateMicrovm(microvm);
+    for (const microvm of await store.microvmsInState(["TERMINATING"])) {
+      await this.killLeftover(microvm.microvmId);
+      this.terminateMicrovm(microvm);
+    }
     for (const microvm of await store.microvmsInState(["PENDING"])) {
       await this.killLeftover(microvm.microvmId);
       if (await suspendedOnDisk(microvm)) this.resumeMicrovm(microvm);
@@ -174,7 +179,7 @@ export class VmEngine implements Engine {
     }
   }
 
-  async close(): Promise<void> {
+  async close(options: CloseOptions = {}): Promise<void> {
     this.closed = true;
     for (const slot of this.slots.values()) {
       slot.abort.abort();
@@ -184,15 +189,19 @@ export class VmEngine implements Engine {
       slot.suspendedTimer?.cancel();
     }
     await Promise.allSettled([...this.slots.values()].map((slot) => slot.chain));
-    // Until VMs can be adopted after a restart, none may outlive the server.
+    let detached = 0;
     await Promise.allSettled(
       [...this.slots.values()].map(async (slot) => {
         slot.stopping = true;
-        slot.maxDurationTimer?.cancel();
-        await slot.vm?.stop(2_000);
+        if (options.stopVms) await slot.vm?.stop(2_000);
+        else if (slot.vm) {
+          slot.vm.detach();
+          detached++;
+        }
         slot.output?.end();
       }),
     );
+    if (detached > 0) this.o.log.info({ vms: detached }, "VMs left running for the next start to adopt");
     await this.o.builder.close();
   }
 
@@ -387,10 +396,16 @@ export class VmEngine implements Engine {
       from === "snapshot" ? snapshot.statePath : this.suspendedStateOf(microvm.microvmId),
       { memoryInState: from === "suspension" },
     );
+    this.wire(microvm, slot, vm, version.config.hooks);
+    return vm;
+  }
+
+  /** Makes `vm` the MicroVM's: its output goes to the MicroVM's log, and its end is noticed. */
+  private wire(microvm: MicrovmRecord, slot: Slot, vm: Vm, hooks: Hooks | undefined): void {
     slot.vm = vm;
     slot.stopping = false;
-    slot.hooks = version.config.hooks;
-    const output = createWriteStream(join(dir, "output.log"), { flags: "a" });
+    slot.hooks = hooks;
+    const output = createWriteStream(join(this.microvmDir(microvm.microvmId), "output.log"), { flags: "a" });
     slot.output = output;
     vm.onAgentEvent((event) => {
       if (event.kind === "stdout" || event.kind === "stderr") output.write(`${event.line}\n`);
@@ -398,7 +413,6 @@ export class VmEngine implements Engine {
     void vm.exited.then((exit) => {
       if (!slot.stopping && !this.closed) this.step(microvm.microvmId, () => this.vmEnded(microvm, slot, exit.reason));
     });
-    return vm;
   }
 
   /** The build of the MicroVM's version for this host, once it has succeeded. */
@@ -490,7 +504,24 @@ export class VmEngine implements Engine {
     await rm(this.suspendedStateOf(microvmId), { force: true });
   }
 
-  /** A QEMU a previous run of the server left behind: it cannot be adopted yet, so it is stopped. */
+  /**
+   * Takes over the VM of a MicroVM a previous run of the server left RUNNING
+   * (or SUSPENDING, whose suspension is then done again): output, exit,
+   * deadlines and idle timer go on from here.
+   */
+  private async adopt(microvm: MicrovmRecord): Promise<boolean> {
+    const vm = await this.o.driver.adopt(microvm.microvmId, join(this.microvmDir(microvm.microvmId), "run"));
+    if (!vm) return false;
+    const version = await this.o.store.findVersion(microvm.imageId, microvm.imageVersion);
+    const slot = this.slotOf(microvm.microvmId);
+    this.wire(microvm, slot, vm, version?.config.hooks);
+    this.armMaximumDuration(microvm, slot);
+    if (microvm.state === "SUSPENDING") this.suspendMicrovm(microvm);
+    else this.armIdle(microvm, slot);
+    return true;
+  }
+
+  /** A QEMU a previous run of the server left behind and that could not be adopted: it is stopped. */
   private async killLeftover(microvmId: string): Promise<void> {
     const runDir = join(this.microvmDir(microvmId), "run");
     const pid = Number((await readFile(join(runDir, "qemu.pid"), "utf8").catch(() => "")).trim());

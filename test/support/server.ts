@@ -17,7 +17,7 @@ export interface TestServer {
   otherAccount: MicrovmsClient;
   /** Stops the server and removes its data directory. */
   stop(): Promise<void>;
-  /** Stops the server and keeps its data directory, for a restart on it. */
+  /** Stops the server as `serve` does (running VMs are left to adopt) and keeps its data directory, for a restart on it. */
   close(): Promise<void>;
 }
 
@@ -47,7 +47,7 @@ export async function startTestServer(
     client: new MicrovmsClient({ endpoint: server.apiUrl }),
     otherAccount: new MicrovmsClient({ endpoint: server.apiUrl, accessKeyId: "other", secretAccessKey: "other-secret" }),
     async stop() {
-      await server.close();
+      await server.close({ stopVms: true });
       rmSync(dataDir, { recursive: true, force: true });
     },
     close: () => server.close(),

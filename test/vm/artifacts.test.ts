@@ -39,7 +39,7 @@ before(async () => {
     MICROVMS_S3_ACCESS_KEY_ID: "S3RVER",
     MICROVMS_S3_SECRET_ACCESS_KEY: "S3RVER",
   });
-  g = new Guests(t);
+  g = Guests.of(t);
   // The artifact: the test app as a tar.gz in a bucket, put there with the AWS SDK.
   const app = writeTestApp();
   scratch.push(app);

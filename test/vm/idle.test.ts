@@ -18,7 +18,7 @@ let appDir: string;
 
 before(async () => {
   t = await startVmTestServer();
-  g = new Guests(t);
+  g = Guests.of(t);
   appDir = writeSnapshotApp();
   const version = await g.createImage("idle", pathToFileURL(appDir).href, { resources: [{ minimumMemoryInMiB: 256 }] });
   assert.equal(version.state, "SUCCESSFUL", version.stateReason);

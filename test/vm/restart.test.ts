@@ -1,12 +1,15 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { pathToFileURL } from "node:url";
 import { resolveConfig } from "../../src/config.js";
 import { openStore } from "../../src/store/open.js";
-import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer } from "../support/server.js";
+import { MicrovmsClient } from "../../src/client/client.js";
+import { projectRoot } from "../../src/paths.js";
+import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, testCacheDir } from "../support/server.js";
 import { callEndpoint, Guests, qemuProcesses, writeSnapshotApp, type Obj } from "./support.js";
 
 /**
@@ -66,7 +69,7 @@ test("a suspended MicroVM survives a restart of the service and resumes where it
   let vm: Obj;
   let auth: Record<string, string>;
   try {
-    const g = new Guests(first);
+    const g = Guests.of(first);
     const version = await g.createImage("counter", pathToFileURL(app).href, { resources: [{ minimumMemoryInMiB: 256 }] });
     assert.equal(version.state, "SUCCESSFUL", version.stateReason);
     vm = await g.run({ imageIdentifier: "counter" }, ["RUNNING", "TERMINATED"]);
@@ -81,7 +84,7 @@ test("a suspended MicroVM survives a restart of the service and resumes where it
 
   const second = await startVmTestServer({}, dataDir);
   try {
-    const g = new Guests(second);
+    const g = Guests.of(second);
     assert.equal((await second.client.call("GetMicrovm", { microvmIdentifier: vm.microvmId })).state, "SUSPENDED");
     await second.client.call("ResumeMicrovm", { microvmIdentifier: vm.microvmId });
     const resumed = await g.untilState(vm.microvmId, ["RUNNING", "TERMINATED"]);
@@ -96,3 +99,75 @@ test("a suspended MicroVM survives a restart of the service and resumes where it
   }
   assert.deepEqual(qemuProcesses(dataDir), []);
 });
+
+test("after kill -9 of `microvms serve`, the next start adopts every running VM and ends those that died", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "microvms-restart-"));
+  const app = writeSnapshotApp();
+  scratch.push(dataDir, app);
+  const serve = await spawnServe(dataDir);
+  let kept: Obj;
+  let lost: Obj;
+  let keptPid: number;
+  try {
+    const g = new Guests(new MicrovmsClient({ endpoint: serve.apiUrl }), serve.proxyUrl);
+    const version = await g.createImage("counter", pathToFileURL(app).href, { resources: [{ minimumMemoryInMiB: 256 }] });
+    assert.equal(version.state, "SUCCESSFUL", version.stateReason);
+    [kept, lost] = await Promise.all([
+      g.run({ imageIdentifier: "counter" }, ["RUNNING", "TERMINATED"]),
+      g.run({ imageIdentifier: "counter" }, ["RUNNING", "TERMINATED"]),
+    ]);
+    for (const vm of [kept!, lost!]) assert.equal(vm.state, "RUNNING", vm.stateReason);
+    assert.equal(await g.get(kept!, "/cgi-bin/count"), "1");
+    [keptPid] = qemuProcesses(kept!.microvmId) as [number];
+  } finally {
+    serve.kill();
+    await serve.exited;
+  }
+  // The VMs outlive the server; one of them dies while no server watches.
+  assert.deepEqual(qemuProcesses(kept!.microvmId), [keptPid!]);
+  for (const pid of qemuProcesses(lost!.microvmId)) process.kill(pid, "SIGKILL");
+
+  const second = await startVmTestServer({}, dataDir);
+  try {
+    const g = Guests.of(second);
+    const adopted: Obj = await second.client.call("GetMicrovm", { microvmIdentifier: kept!.microvmId });
+    assert.equal(adopted.state, "RUNNING");
+    // The same VM, with its memory: the counter goes on, through the new server's endpoint.
+    assert.equal(await g.get(adopted, "/cgi-bin/count"), "2");
+    assert.deepEqual(qemuProcesses(kept!.microvmId), [keptPid!]);
+    await g.get(adopted, "/cgi-bin/log?after-adoption");
+    await eventually(
+      async () => (readFileSync(join(dataDir, "microvms", kept!.microvmId, "output.log"), "utf8").includes("after-adoption") ? true : undefined),
+      "the adopted VM's output",
+    );
+    const dead = await g.untilState(lost!.microvmId, ["TERMINATED"]);
+    assert.match(dead.stateReason, /did not survive/);
+    await second.client.call("TerminateMicrovm", { microvmIdentifier: kept!.microvmId });
+    await g.untilState(kept!.microvmId, ["TERMINATED"]);
+    assert.deepEqual(qemuProcesses(kept!.microvmId), []);
+  } finally {
+    await second.stop();
+  }
+});
+
+/** `microvms serve` as its own process (so it can be killed with SIGKILL), on free ports. */
+async function spawnServe(dataDir: string): Promise<{ apiUrl: string; proxyUrl: string; kill(): void; exited: Promise<unknown> }> {
+  const child = spawn(
+    process.execPath,
+    [join(projectRoot, "dist", "src", "cli", "main.js"), "serve", "--data-dir", dataDir, "--api-port", "0", "--proxy-port", "0", "--cache-dir", testCacheDir],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  const serving = await new Promise<{ apiUrl: string; proxyUrl: string }>((resolve, reject) => {
+    let buffer = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+      buffer += chunk;
+      for (const line of buffer.split("\n")) {
+        if (line.includes('"msg":"microvms serving"')) resolve(JSON.parse(line) as { apiUrl: string; proxyUrl: string });
+      }
+      buffer = buffer.slice(buffer.lastIndexOf("\n") + 1);
+    });
+    void exited.then(() => reject(new Error("microvms serve exited before serving")));
+  });
+  return { ...serving, kill: () => child.kill("SIGKILL"), exited };
+}

@@ -25,7 +25,7 @@ const outputOf = (microvmId: string) => readFileSync(join(t.dataDir, "microvms",
 
 before(async () => {
   t = await startVmTestServer();
-  g = new Guests(t);
+  g = Guests.of(t);
   appDir = writeTestApp();
   scratch.push(appDir);
 });

@@ -33,7 +33,7 @@ const build = (name: string, extra: Obj = {}) =>
 
 before(async () => {
   t = await startVmTestServer();
-  g = new Guests(t);
+  g = Guests.of(t);
   appDir = writeSnapshotApp();
 });
 

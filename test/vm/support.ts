@@ -4,6 +4,7 @@ import { request, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { MicrovmsClient } from "../../src/client/client.js";
 import { BUILD_ROLE, BUSYBOX, eventually, type TestServer } from "../support/server.js";
 
 /**
@@ -158,14 +159,21 @@ const RUN_TIMEOUT_MS = 120_000;
 
 /** What the VM suites do through the API of one test server. */
 export class Guests {
-  constructor(private readonly t: TestServer) {}
+  constructor(
+    private readonly client: MicrovmsClient,
+    private readonly proxyUrl: string,
+  ) {}
+
+  static of(t: TestServer): Guests {
+    return new Guests(t.client, t.server.proxyUrl);
+  }
 
   /** Creates an image on the busybox base and waits for its version 1 to build or fail. */
   async createImage(name: string, uri: string, extra: Obj = {}): Promise<Obj> {
-    await this.t.client.call("CreateMicrovmImage", { name, baseImageArn: BUSYBOX, buildRoleArn: BUILD_ROLE, codeArtifact: { uri }, ...extra });
+    await this.client.call("CreateMicrovmImage", { name, baseImageArn: BUSYBOX, buildRoleArn: BUILD_ROLE, codeArtifact: { uri }, ...extra });
     return eventually(
       async () => {
-        const v: Obj = await this.t.client.call("GetMicrovmImageVersion", { imageIdentifier: name, imageVersion: "1" });
+        const v: Obj = await this.client.call("GetMicrovmImageVersion", { imageIdentifier: name, imageVersion: "1" });
         return v.state === "SUCCESSFUL" || v.state === "FAILED" ? v : undefined;
       },
       `image ${name} to build`,
@@ -175,7 +183,7 @@ export class Guests {
 
   /** Runs a MicroVM (PENDING at first) and waits for one of `states`. */
   async run(input: { imageIdentifier: string } & Obj, states: string[]): Promise<Obj> {
-    const started = await this.t.client.call("RunMicrovm", input);
+    const started = await this.client.call("RunMicrovm", input);
     assert.equal(started.state, "PENDING");
     return this.untilState(started.microvmId as string, states);
   }
@@ -183,7 +191,7 @@ export class Guests {
   untilState(microvmId: string, states: string[]): Promise<Obj> {
     return eventually(
       async () => {
-        const m: Obj = await this.t.client.call("GetMicrovm", { microvmIdentifier: microvmId });
+        const m: Obj = await this.client.call("GetMicrovm", { microvmIdentifier: microvmId });
         return states.includes(m.state as string) ? m : undefined;
       },
       `MicroVM ${microvmId} to reach ${states.join(" or ")}`,
@@ -192,13 +200,13 @@ export class Guests {
   }
 
   async token(microvmId: string, allowedPorts: Obj[] = [{ port: 8080 }]): Promise<string> {
-    const answer = await this.t.client.call("CreateMicrovmAuthToken", { microvmIdentifier: microvmId, allowedPorts, expirationInMinutes: 10 });
+    const answer = await this.client.call("CreateMicrovmAuthToken", { microvmIdentifier: microvmId, allowedPorts, expirationInMinutes: 10 });
     return (answer.authToken as Record<string, string>)["X-aws-proxy-auth"]!;
   }
 
   /** GET through the MicroVM's endpoint with a fresh token; asserts a 200 and returns the trimmed body. */
   async get(vm: Obj, path: string): Promise<string> {
-    const answer = await callEndpoint(vm.endpoint, this.t.server.proxyUrl, path, { "X-aws-proxy-auth": await this.token(vm.microvmId) });
+    const answer = await callEndpoint(vm.endpoint, this.proxyUrl, path, { "X-aws-proxy-auth": await this.token(vm.microvmId) });
     assert.equal(answer.status, 200, `${path}: ${answer.body}`);
     return answer.body.trim();
   }

@@ -44,6 +44,10 @@ export class QemuDriver implements VmDriver {
     return launch(machine, spec.name, this.log.child({ vm: spec.name }));
   }
 
+  adopt(name: string, runDir: string): Promise<Vm | undefined> {
+    return adopt(name, runDir, this.log.child({ vm: name }));
+  }
+
   async restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string, options: { memoryInState?: boolean } = {}): Promise<Vm> {
     await mkdir(spec.runDir, { recursive: true });
     const layout = qemuLayout(spec.runDir);
@@ -63,9 +67,10 @@ export async function launch(machine: QemuMachine, name: string, log: Logger): P
   const output = await open(machine.layout.qemuLog, "a");
   let child: ChildProcess;
   try {
-    // detached: its own process group, so one signal reaches QEMU and anything it forks,
-    // and so that a later issue's restarts can leave it running.
+    // detached: its own process group, so one signal reaches QEMU and anything it forks, and
+    // the VM outlives this process (a restarted server adopts it). unref: it does not keep us running.
     child = spawn(QEMU_BINARY, qemuArguments(machine), { detached: true, stdio: ["ignore", output.fd, output.fd] });
+    child.unref();
   } finally {
     await output.close();
   }
@@ -94,6 +99,42 @@ export async function launch(machine: QemuMachine, name: string, log: Logger): P
     const detail = await lastLines(machine.layout.qemuLog, 5);
     throw new Error(`QEMU did not start for ${name}${detail ? `: ${detail}` : ""} (${error instanceof Error ? error.message : String(error)})`);
   }
+}
+
+/**
+ * Takes over a VM that a previous run of the server started: the pid file
+ * names it, its command line must name this run directory (a reused pid is
+ * not ours), and its QMP and agent sockets accept a new client. Its exit is
+ * seen as the QMP connection closing, then the process going.
+ */
+export async function adopt(name: string, runDir: string, log: Logger): Promise<QemuVm | undefined> {
+  const layout = qemuLayout(runDir);
+  const pid = Number((await readFile(layout.pidFile, "utf8").catch(() => "")).trim());
+  if (!Number.isInteger(pid) || pid <= 0 || !(await isQemuOf(pid, runDir))) return undefined;
+  let qmp: Qmp | undefined;
+  try {
+    qmp = await Qmp.open(await connectWhenListening(layout.qmpSocket, CONNECT_TIMEOUT_MS, () => false));
+    const agent = new AgentChannel(await connectWhenListening(layout.agentSocket, CONNECT_TIMEOUT_MS, () => false));
+    const closed = new Promise<void>((resolve) => qmp!.once("close", resolve));
+    const exit = closed.then(async () => {
+      while (await isQemuOf(pid, runDir)) await sleep(20);
+      return { code: null, signal: null };
+    });
+    log.info({ pid }, "adopted a running VM");
+    return new QemuVm(name, pid, qmp, agent, exit, layout, log, true);
+  } catch (error) {
+    qmp?.close();
+    log.warn({ err: error, pid }, "could not adopt a VM");
+    return undefined;
+  }
+}
+
+/** Whether `pid` is a live (not zombie) QEMU started for `runDir`. */
+async function isQemuOf(pid: number, runDir: string): Promise<boolean> {
+  const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
+  if (!cmdline.includes("qemu-system") || !cmdline.includes(runDir)) return false;
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+  return stat !== "" && !/\) Z /.test(stat);
 }
 
 /** QEMU runs exec: migration URIs through /bin/sh. */
@@ -218,6 +259,9 @@ export class QemuVm implements Vm {
   }
 
   private async addForward(guestPort: number): Promise<number> {
+    // A forward this VM already has (an adopted VM keeps those of the previous server) is reused.
+    const existing = forwardedHostPort(await this.qmp.hmp("info usernet"), guestPort);
+    if (existing !== undefined) return existing;
     // Port 0: QEMU binds a free loopback port, which `info usernet` then shows.
     const answer = await this.qmp.hmp(`hostfwd_add net0 tcp:127.0.0.1:0-:${guestPort}`);
     if (answer.trim()) throw new Error(`QEMU refused a forward to guest port ${guestPort}: ${answer.trim()}`);
@@ -262,6 +306,11 @@ export class QemuVm implements Vm {
       if (Date.now() > deadline) throw new Error(`the snapshot did not complete within ${MIGRATION_TIMEOUT_MS / 1000} s`);
       await sleep(5);
     }
+  }
+
+  detach(): void {
+    this.qmp.close();
+    this.agent.close();
   }
 
   async stop(graceMs = 5_000): Promise<VmExit> {
