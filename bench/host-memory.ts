@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { round } from "./report.js";
 
 /** What a QEMU process costs the host in memory, MiB. */
 export interface QemuMemory {
@@ -27,8 +28,18 @@ export function qemuMemory(pid: number, guestMiB: number): QemuMemory {
   return { rssMiB: kib(rollup, "Rss") / 1024, pssMiB: kib(rollup, "Pss") / 1024, guestRamMiB };
 }
 
-function kib(text: string, field: string): number {
+/** Rounded to 0.1 MiB, for printing and for the JSON line. */
+export function roundMemory(m: QemuMemory): QemuMemory {
+  return { rssMiB: round(m.rssMiB, 1), pssMiB: round(m.pssMiB, 1), guestRamMiB: m.guestRamMiB === undefined ? undefined : round(m.guestRamMiB, 1) };
+}
+
+/** MemAvailable from /proc/meminfo, MiB: the kernel's estimate of what new processes can get without swapping. */
+export function memAvailableMiB(): number {
+  return kib(readFileSync("/proc/meminfo", "utf8"), "MemAvailable", "/proc/meminfo") / 1024;
+}
+
+function kib(text: string, field: string, source = "smaps"): number {
   const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(text);
-  if (!match) throw new Error(`no ${field} in smaps`);
+  if (!match) throw new Error(`no ${field} in ${source}`);
   return Number(match[1]);
 }

@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { Agent, request } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
+import { setTimeout as sleep } from "node:timers/promises";
 
 /**
  * The HTTP client of the benchmarks: one code path for every target, so that
@@ -153,5 +154,31 @@ export async function firstOk(
   } finally {
     clearTimeout(timer);
     agent.destroy(); // and with it the attempts still waiting
+  }
+}
+
+/**
+ * GETs `path` through a MicroVM's endpoint until a 200, for a MicroVM that is
+ * starting or resuming: the proxy answers 503 until it runs, and the next GET
+ * goes `intervalMs` after one. Any other answer is an error. One kept-alive
+ * connection, as a client retrying would use.
+ */
+export async function firstOkThroughEndpoint(
+  target: HttpTarget,
+  path: string,
+  timing: { intervalMs: number; timeoutMs: number },
+): Promise<FirstOk> {
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const deadline = performance.now() + timing.timeoutMs;
+  try {
+    for (let attempts = 1; ; attempts++) {
+      const answer = await get(agent, target, path);
+      if (answer.status === 200) return { firstByteAt: answer.firstByteAt, attempts };
+      if (answer.status !== 503) throw new Error(`the endpoint ${target.headers.host} answered ${answer.status} to GET ${path}`);
+      if (performance.now() > deadline) throw new Error(`the endpoint ${target.headers.host} still answers 503 after ${timing.timeoutMs / 1000} s`);
+      await sleep(timing.intervalMs);
+    }
+  } finally {
+    agent.destroy();
   }
 }

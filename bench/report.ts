@@ -14,6 +14,15 @@ export function spread(values: number[]): Spread {
   return { median, min: sorted[0]!, max: sorted[sorted.length - 1]! };
 }
 
+export const spreadCells = (s: Spread): number[] => [round(s.median), round(s.min), round(s.max)];
+
+export const mapSpread = (s: Spread, digits: number): Spread => ({ median: round(s.median, digits), min: round(s.min, digits), max: round(s.max, digits) });
+
+export const MiB = 1024 * 1024;
+
+/** Bytes as MiB, to 0.1. */
+export const mib = (bytes: number): number => round(bytes / MiB, 1);
+
 /** Rounds to `digits` decimals, for printing and for the JSON line. */
 export function round(value: number, digits = 0): number {
   const scale = 10 ** digits;

@@ -1,6 +1,5 @@
 import { existsSync, rmSync, writeFileSync } from "node:fs";
-import { mkdir, readFile, stat } from "node:fs/promises";
-import { Agent } from "node:http";
+import { mkdir, readFile } from "node:fs/promises";
 import { availableParallelism, cpus, release } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -12,10 +11,14 @@ import { QemuDriver } from "../src/drivers/qemu/qemu-driver.js";
 import { guestAssets, type GuestAssets } from "../src/guest/assets.js";
 import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, testCacheDir, type TestServer } from "../test/support/server.js";
 import { qemuProcesses, writeTestApp } from "../test/vm/support.js";
+import { fileSize, type FileSize } from "./disk-usage.js";
 import { firstByteThroughDriver, type BuildSnapshot, type DriverStartRun, type StartKind } from "./driver-start.js";
-import { qemuMemory, type QemuMemory } from "./host-memory.js";
-import { get, load, type HttpTarget, type LoadResult } from "./http-load.js";
-import { heading, round, spread, table, type Spread } from "./report.js";
+import { qemuMemory, roundMemory, type QemuMemory } from "./host-memory.js";
+import { firstOkThroughEndpoint, load, type HttpTarget, type LoadResult } from "./http-load.js";
+import { MicrovmApi } from "./microvm-api.js";
+import { benchSuspendedDensity } from "./suspended-density.js";
+import { benchAutoResume, benchSuspendResume, type SuspendBenchContext } from "./suspend-resume.js";
+import { heading, mapSpread, mib, round, spread, spreadCells, table, type Spread } from "./report.js";
 
 /**
  * `npm run bench`: what running a MicroVM costs on this host, measured on a real
@@ -31,6 +34,11 @@ import { heading, round, spread, table, type Spread } from "./report.js";
  *          ─► 4. host memory (RSS, PSS) of M QEMU processes running side by side
  *          ─► 5. snapshot sizes of both images against their guest memory, and each one's restore → first byte
  *          ─► 6. each build's phases (phases.json) against its time CreateMicrovmImage → SUCCESSFUL
+ *          ─► 7. SuspendMicrovm → SUSPENDED and the size of suspended.state, N MicroVMs one after another,
+ *             8. each then ResumeMicrovm → first byte of a 200 through the endpoint (suspend-resume.ts)
+ *          ─► 9. auto-resume: a GET to a SUSPENDED MicroVM with autoResumeEnabled → first byte of its 200
+ *          ─► 10. D MicroVMs running, then suspended: QEMU memory against disk, and estimates of how many
+ *                this host holds either way (suspended-density.ts)
  *          ─► stop the server; exit 1 if any QEMU outlived it (ours included: they run in its data directory)
  *
  * Prints a table per part and, last, one JSON line with every number.
@@ -43,6 +51,7 @@ function parseOptions() {
       seconds: { type: "string", default: "5" },
       concurrency: { type: "string", default: "4" },
       microvms: { type: "string", default: "3" },
+      density: { type: "string", default: "4" },
     },
   });
   const positiveInteger = (name: string, value: string) => {
@@ -55,6 +64,8 @@ function parseOptions() {
     seconds: positiveInteger("seconds", flags.seconds),
     concurrency: positiveInteger("concurrency", flags.concurrency),
     microvms: positiveInteger("microvms", flags.microvms),
+    /** MicroVMs in part 10, running and then suspended. */
+    density: positiveInteger("density", flags.density),
   };
 }
 
@@ -62,7 +73,7 @@ let options: ReturnType<typeof parseOptions>;
 try {
   options = parseOptions();
 } catch (error) {
-  console.error(`${(error as Error).message}\nusage: npm run bench -- [--runs N] [--seconds S] [--concurrency C] [--microvms M]`);
+  console.error(`${(error as Error).message}\nusage: npm run bench -- [--runs N] [--seconds S] [--concurrency C] [--microvms M] [--density D]`);
   process.exit(2);
 }
 
@@ -80,6 +91,8 @@ const STATIC_PATH = "/index.html";
 /** How often the first-byte probe retries a 503 (and the watcher looks at state and files). */
 const POLL_MS = 20;
 const WARMUP_SECONDS = 1;
+/** MicroVMs auto-resumed in part 9, one at a time. */
+const AUTO_RESUME_RUNS = 3;
 const BUILD_TIMEOUT_MS = 180_000;
 const RUN_TIMEOUT_MS = 120_000;
 
@@ -87,47 +100,7 @@ type Obj = Record<string, unknown>;
 
 let t: TestServer;
 
-async function tokenFor(microvmId: string): Promise<string> {
-  const answer = await t.client.call("CreateMicrovmAuthToken", { microvmIdentifier: microvmId, allowedPorts: [{ port: GUEST_PORT }], expirationInMinutes: 60 });
-  return (answer.authToken as Record<string, string>)["X-aws-proxy-auth"]!;
-}
-
-/** The endpoint as a client reaches it: the proxy's address, the MicroVM's host name, the token. */
-function endpointTarget(microvmId: string, token: string): HttpTarget {
-  const proxy = new URL(t.server.proxyUrl);
-  return { host: proxy.hostname, port: Number(proxy.port), headers: { host: `${microvmId}.microvms.localhost:${proxy.port}`, "x-aws-proxy-auth": token } };
-}
-
-function getMicrovm(microvmId: string): Promise<Obj> {
-  return t.client.call("GetMicrovm", { microvmIdentifier: microvmId });
-}
-
-function untilState(microvmId: string, state: string): Promise<Obj> {
-  return eventually(
-    async () => {
-      const m = await getMicrovm(microvmId);
-      if (m.state === state) return m;
-      if (m.state === "TERMINATED") throw new Error(`MicroVM ${microvmId} ended: ${String(m.stateReason)}`);
-      return undefined;
-    },
-    `MicroVM ${microvmId} to be ${state}`,
-    RUN_TIMEOUT_MS,
-  );
-}
-
-async function terminate(microvmId: string): Promise<void> {
-  await t.client.call("TerminateMicrovm", { microvmIdentifier: microvmId });
-  await untilState(microvmId, "TERMINATED");
-  const left = qemuProcesses(microvmId);
-  if (left.length > 0) throw new Error(`QEMU ${left.join(", ")} still runs for terminated MicroVM ${microvmId}`);
-}
-
-/** The one QEMU process of a running MicroVM. */
-function qemuOf(microvmId: string): number {
-  const pids = qemuProcesses(microvmId);
-  if (pids.length !== 1) throw new Error(`expected one QEMU for ${microvmId}, found ${pids.length}`);
-  return pids[0]!;
-}
+let microvms: MicrovmApi;
 
 // ── the images ────────────────────────────────────────────────────────────
 
@@ -145,16 +118,6 @@ interface BenchImage {
   files: BuildSnapshot;
   /** The snapshot's files as stat sees them, bytes: apparent size and allocated blocks. */
   sizes: { memoryRam: FileSize; stateBin: FileSize; diskExt4: FileSize };
-}
-
-interface FileSize {
-  apparent: number;
-  allocated: number;
-}
-
-async function fileSize(path: string): Promise<FileSize> {
-  const s = await stat(path);
-  return { apparent: s.size, allocated: s.blocks * 512 };
 }
 
 async function buildImage(name: string, memoryMiB: number): Promise<BenchImage> {
@@ -226,14 +189,12 @@ interface StartRun {
 }
 
 async function startToFirstByte(): Promise<StartRun> {
-  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
   const sent = performance.now();
   const sentEpochMs = performance.timeOrigin + sent;
-  const run = await t.client.call("RunMicrovm", { imageIdentifier: IMAGE });
+  const microvmId = await microvms.run({ imageIdentifier: IMAGE });
   const answered = performance.now() - sent;
-  const microvmId = run.microvmId as string;
   try {
-    const target = endpointTarget(microvmId, await tokenFor(microvmId));
+    const target = microvms.endpointTarget(microvmId, await microvms.token(microvmId));
     const dir = join(t.dataDir, "microvms", microvmId);
     const marks: { qemuUp?: number; runningSeen?: number; startedAt?: number } = {};
     let answeredOk = false;
@@ -245,7 +206,7 @@ async function startToFirstByte(): Promise<StartRun> {
         const now = performance.now() - sent;
         if (marks.qemuUp === undefined && existsSync(join(dir, "run", "qemu.pid"))) marks.qemuUp = now;
         if (marks.runningSeen === undefined) {
-          const m = await getMicrovm(microvmId);
+          const m = await microvms.getMicrovm(microvmId);
           if (m.state === "RUNNING") {
             marks.runningSeen = performance.now() - sent;
             marks.startedAt = (m.startedAt as number) * 1000;
@@ -258,21 +219,15 @@ async function startToFirstByte(): Promise<StartRun> {
     watcher.catch(() => undefined); // awaited below; the probe may fail first
 
     let firstByte: number;
-    for (;;) {
-      const answer = await get(agent, target, STATIC_PATH);
-      if (answer.status === 200) {
-        firstByte = answer.firstByteAt - sent;
-        answeredOk = true;
-        break;
-      }
-      if (answer.status !== 503) throw new Error(`the endpoint of ${microvmId} answered ${answer.status}`);
-      if (performance.now() - sent > RUN_TIMEOUT_MS) throw new Error(`the endpoint of ${microvmId} still answers 503`);
-      await sleep(POLL_MS);
+    try {
+      firstByte = (await firstOkThroughEndpoint(target, STATIC_PATH, { intervalMs: POLL_MS, timeoutMs: RUN_TIMEOUT_MS })).firstByteAt - sent;
+    } finally {
+      answeredOk = true; // the watcher may stop
     }
     await watcher;
 
     const terminateSent = performance.now();
-    await terminate(microvmId);
+    await microvms.terminate(microvmId);
     return {
       microvmId,
       answered,
@@ -283,10 +238,8 @@ async function startToFirstByte(): Promise<StartRun> {
       terminateMs: performance.now() - terminateSent,
     };
   } catch (error) {
-    await terminate(microvmId).catch(() => undefined);
+    await microvms.terminate(microvmId).catch(() => undefined);
     throw error;
-  } finally {
-    agent.destroy();
   }
 }
 
@@ -328,8 +281,6 @@ async function benchStart(): Promise<{ runs: StartRun[]; totalMs: Spread; toRunn
   console.log("(RUNNING is the MicroVM's startedAt: snapshot loaded, guest running, clock resynced; QEMU up is when its pid file appeared, to 20 ms.)");
   return { runs, totalMs, toRunningMs, runningToFirstByteMs };
 }
-
-const spreadCells = (s: Spread) => [round(s.median), round(s.min), round(s.max)];
 
 // ── 2. restore against cold boot, same image, through the driver ──────────────
 
@@ -445,18 +396,15 @@ function summarize(result: LoadResult): RateSummary {
   };
 }
 
-const mapSpread = (s: Spread, digits: number): Spread => ({ median: round(s.median, digits), min: round(s.min, digits), max: round(s.max, digits) });
-
 async function benchThroughput(): Promise<{ proxy: RateSummary; direct: RateSummary; ratio: number; qemuBefore: QemuMemory; qemuAfter: QemuMemory }> {
   heading(`3. GET ${STATIC_PATH} for ${options.seconds} s, concurrency ${options.concurrency}: through the proxy vs the guest port directly`);
-  const run = await t.client.call("RunMicrovm", { imageIdentifier: IMAGE });
-  const microvmId = run.microvmId as string;
+  const microvmId = await microvms.run({ imageIdentifier: IMAGE });
   try {
-    await untilState(microvmId, "RUNNING");
-    const proxy = endpointTarget(microvmId, await tokenFor(microvmId));
+    await microvms.untilState(microvmId, "RUNNING");
+    const proxy = microvms.endpointTarget(microvmId, await microvms.token(microvmId));
     const forward = await t.server.engine.connect(microvmId, GUEST_PORT);
     const direct: HttpTarget = { host: forward.host, port: forward.port, headers: { host: `${forward.host}:${forward.port}` } };
-    const pid = qemuOf(microvmId);
+    const pid = microvms.qemuOf(microvmId);
     const qemuBefore = roundMemory(qemuMemory(pid, GUEST_MEMORY_MIB));
 
     const measure = async (target: HttpTarget) => {
@@ -493,15 +441,9 @@ async function benchThroughput(): Promise<{ proxy: RateSummary; direct: RateSumm
     );
     return { proxy: viaProxy, direct: viaDirect, ratio, qemuBefore, qemuAfter };
   } finally {
-    await terminate(microvmId);
+    await microvms.terminate(microvmId);
   }
 }
-
-const roundMemory = (m: QemuMemory): QemuMemory => ({
-  rssMiB: round(m.rssMiB, 1),
-  pssMiB: round(m.pssMiB, 1),
-  guestRamMiB: m.guestRamMiB === undefined ? undefined : round(m.guestRamMiB, 1),
-});
 
 // ── 4. host memory per MicroVM ──────────────────────────────────────────────
 
@@ -531,12 +473,12 @@ async function benchMemory(): Promise<{ guestMiB: number; allRunningMs: number; 
   heading(`4. Host memory of ${options.microvms} running MicroVMs (guest memory ${GUEST_MEMORY_MIB} MiB each)`);
   const sent = performance.now();
   const ids = await Promise.all(
-    Array.from({ length: options.microvms }, async () => (await t.client.call("RunMicrovm", { imageIdentifier: IMAGE })).microvmId as string),
+    Array.from({ length: options.microvms }, async () => microvms.run({ imageIdentifier: IMAGE })),
   );
   try {
-    await Promise.all(ids.map((id) => untilState(id, "RUNNING")));
+    await Promise.all(ids.map((id) => microvms.untilState(id, "RUNNING")));
     const allRunningMs = performance.now() - sent;
-    const pids = ids.map(qemuOf);
+    const pids = ids.map((id) => microvms.qemuOf(id));
     const atRunning = pids.map((pid) => roundMemory(qemuMemory(pid, GUEST_MEMORY_MIB)));
     await sleep(SETTLE_SECONDS * 1000);
     const settled = pids.map((pid) => roundMemory(qemuMemory(pid, GUEST_MEMORY_MIB)));
@@ -564,14 +506,11 @@ async function benchMemory(): Promise<{ guestMiB: number; allRunningMs: number; 
     console.log(`all ${ids.length} RUNNING ${round(allRunningMs)} ms after the RunMicrovm calls (restoring side by side)`);
     return { guestMiB: GUEST_MEMORY_MIB, allRunningMs: round(allRunningMs), vms, meanAtRunning, meanSettled };
   } finally {
-    await Promise.all(ids.map((id) => terminate(id)));
+    await Promise.all(ids.map((id) => microvms.terminate(id)));
   }
 }
 
 // ── 5. snapshot sizes against guest memory ──────────────────────────────────
-
-const MiB = 1024 * 1024;
-const mib = (bytes: number) => round(bytes / MiB, 1);
 
 interface SnapshotSize {
   image: string;
@@ -654,9 +593,15 @@ function roundNumbers(record: object): Obj {
   return Object.fromEntries(Object.entries(record).map(([k, v]) => [k, typeof v === "number" ? round(v) : v]));
 }
 
+/** roundNumbers one level down as well, for runs that group their marks. */
+function roundRun(record: object): Obj {
+  return Object.fromEntries(Object.entries(roundNumbers(record)).map(([k, v]) => [k, v !== null && typeof v === "object" ? roundNumbers(v) : v]));
+}
+
 async function main(): Promise<number> {
   const started = performance.now();
   t = await startVmTestServer();
+  microvms = new MicrovmApi(t);
   const leftovers = () => qemuProcesses(t.dataDir);
   let failure: unknown;
   const result: Obj = { bench: "run-microvm", options };
@@ -710,6 +655,13 @@ async function main(): Promise<number> {
     result.memory = await benchMemory();
     result.snapshotSizes = await benchSnapshotSizes(vms, images);
     reportBuildPhases(images);
+
+    const suspendContext: SuspendBenchContext = { microvms, image: IMAGE, guestMiB: GUEST_MEMORY_MIB, path: STATIC_PATH, pollMs: POLL_MS, timeoutMs: RUN_TIMEOUT_MS };
+    const suspendResume = await benchSuspendResume(suspendContext, options.runs);
+    result.suspendResume = { ...suspendResume, runs: suspendResume.runs.map(roundRun) };
+    const autoResume = await benchAutoResume(suspendContext, AUTO_RESUME_RUNS, suspendResume.resumeToFirstByteMs);
+    result.autoResume = { ...autoResume, runs: autoResume.runs.map(roundRun) };
+    result.suspendedDensity = await benchSuspendedDensity(suspendContext, options.density, SETTLE_SECONDS);
   } catch (error) {
     failure = error;
   } finally {

@@ -26,4 +26,5 @@ export MICROVMS_TEST_DATABASE_URL="postgres://microvms@127.0.0.1:$pg_port/postgr
 
 # Node 20's runner takes files, not globs: every compiled *.test.js under dist/test.
 mapfile -t tests < <(find dist/test -name '*.test.js' | sort)
-node --test --test-concurrency=2 "${tests[@]}"
+# A test that hangs fails after 10 minutes instead of holding CI until its limit.
+node --test --test-concurrency=2 --test-timeout=600000 "${tests[@]}"

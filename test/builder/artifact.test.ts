@@ -8,7 +8,8 @@ import { pathToFileURL } from "node:url";
 import { after, before, describe, it } from "node:test";
 import * as tar from "tar";
 import { ZipFile } from "yazl";
-import { ArtifactError, fetchCodeArtifact } from "../../src/builder/artifact.js";
+import { fetchCodeArtifact } from "../../src/builder/artifact.js";
+import { assertRejects, exists } from "./assertions.js";
 
 let root: string;
 let counter = 0;
@@ -88,21 +89,6 @@ async function assertAppFolder(dest: string): Promise<void> {
 }
 
 const appSize = "#!/bin/sh\nexec ./lib/app\n".length + "binary".length;
-
-async function assertRejects(promise: Promise<unknown>, message: RegExp): Promise<void> {
-  await assert.rejects(promise, (err: unknown) => {
-    assert.ok(err instanceof ArtifactError, `expected an ArtifactError, got ${String(err)}`);
-    assert.match(err.message, message);
-    return true;
-  });
-}
-
-async function exists(path: string): Promise<boolean> {
-  return lstat(path).then(
-    () => true,
-    () => false,
-  );
-}
 
 describe("fetchCodeArtifact from file:// URIs", () => {
   it("copies a directory, keeping modes and symbolic links, from a percent-encoded URI", async () => {

@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash, generateKeyPairSync, randomUUID, sign, type KeyObject } from "node:crypto";
 import { existsSync } from "node:fs";
-import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -29,6 +29,7 @@ import { fetchOciImage, isOciReference, type OciImageConfig } from "../../src/bu
 import { isLoopbackRegistry, parseOciReference } from "../../src/builder/oci/reference.js";
 import { parseChallenges } from "../../src/builder/oci/registry.js";
 import { freePort, mediaTypes, OciLayout, pushImage, startRegistryIn, tarLayer, type Descriptor, type Registry } from "../support/oci-registry.js";
+import { assertRejects, exists } from "./assertions.js";
 
 const run = promisify(execFile);
 
@@ -46,21 +47,6 @@ async function freshDir(name = "case"): Promise<string> {
   const dir = join(root, `${name}-${++counter}`);
   await mkdir(dir, { recursive: true });
   return dir;
-}
-
-async function assertRejects(promise: Promise<unknown>, message: RegExp): Promise<void> {
-  await assert.rejects(promise, (err: unknown) => {
-    assert.ok(err instanceof ArtifactError, `expected an ArtifactError, got ${String(err)}`);
-    assert.match(err.message, message);
-    return true;
-  });
-}
-
-async function exists(path: string): Promise<boolean> {
-  return lstat(path).then(
-    () => true,
-    () => false,
-  );
 }
 
 const sha256 = (data: Buffer | string) => `sha256:${createHash("sha256").update(data).digest("hex")}`;

@@ -8,8 +8,9 @@ import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client
 import S3rver from "s3rver";
 import * as tar from "tar";
 import { ZipFile } from "yazl";
-import { ArtifactError, fetchCodeArtifact, type S3Settings } from "../../src/builder/artifact.js";
+import { fetchCodeArtifact, type S3Settings } from "../../src/builder/artifact.js";
 import { parseS3Uri, s3SettingsFromEnv } from "../../src/builder/s3.js";
+import { assertRejects } from "./assertions.js";
 
 let root: string;
 /** TMPDIR for this process, so that the tests see every temporary file the fetcher leaves behind. */
@@ -81,17 +82,6 @@ async function assertAppZipUnpacked(dest: string): Promise<void> {
 /** Every fetch, whatever its outcome, removes its temporary file. */
 async function assertNoTemporaryFiles(): Promise<void> {
   assert.deepEqual(await readdir(temp), []);
-}
-
-async function assertRejects(promise: Promise<unknown>, message: RegExp): Promise<ArtifactError> {
-  let error: ArtifactError | undefined;
-  await assert.rejects(promise, (err: unknown) => {
-    assert.ok(err instanceof ArtifactError, `expected an ArtifactError, got ${String(err)}`);
-    assert.match(err.message, message);
-    error = err;
-    return true;
-  });
-  return error!;
 }
 
 const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");

@@ -15,6 +15,7 @@ import { TargetUnavailable, type EndpointTargets } from "../../src/proxy/targets
 import type { MicrovmRecord, Owner } from "../../src/store/records.js";
 import { endpointCertificateNames, issueServerCertificate, loadOrCreateAuthority, type CertificateAuthority } from "../../src/tls/certificate-authority.js";
 import { TokenAuthority } from "../../src/tokens/endpoint-token.js";
+import { streamedParts } from "./support.js";
 
 /**
  * The endpoint proxy with HTTPS: the same port answers TLS and plain HTTP, with a
@@ -188,22 +189,14 @@ describe("HTTPS on the endpoint port", () => {
   });
 
   test("a streamed response arrives over HTTPS in parts, the first before the guest has written the rest", async () => {
-    const parts = await new Promise<string[]>((resolve, reject) => {
-      const req = httpsRequest(
-        { host: "127.0.0.1", port: proxy.port, path: "/stream", agent: false, ca: ca.caCertPem, servername: SERVERNAME, headers: { host: SERVERNAME, ...auth() } },
-        (res) => {
-          const received: string[] = [];
-          res.on("data", (c: Buffer) => {
-            received.push(c.toString());
-            if (received.length === 1) releaseStream();
-          });
-          res.on("end", () => resolve(received));
-          res.on("error", reject);
-        },
-      );
-      req.on("error", reject);
-      req.end();
-    });
+    const parts = await streamedParts(
+      (onResponse) =>
+        httpsRequest(
+          { host: "127.0.0.1", port: proxy.port, path: "/stream", agent: false, ca: ca.caCertPem, servername: SERVERNAME, headers: { host: SERVERNAME, ...auth() } },
+          onResponse,
+        ),
+      () => releaseStream(),
+    );
     assert.equal(parts[0], "data: one\n\n");
     assert.equal(parts.join(""), "data: one\n\ndata: two\n\n");
   });

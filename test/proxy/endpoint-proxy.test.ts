@@ -10,6 +10,7 @@ import { startEndpointProxy, type RunningEndpointProxy } from "../../src/proxy/e
 import { TargetUnavailable, type EndpointTargets } from "../../src/proxy/targets.js";
 import type { MicrovmRecord, Owner } from "../../src/store/records.js";
 import { TokenAuthority, type TokenClaims } from "../../src/tokens/endpoint-token.js";
+import { streamedParts } from "./support.js";
 
 /**
  * The endpoint proxy in front of a "guest": a local HTTP server with a WebSocket
@@ -245,23 +246,19 @@ describe("forwarding", () => {
   });
 
   test("a streamed response arrives in parts, the first before the guest has written the rest", async () => {
-    const parts = await new Promise<string[]>((resolve, reject) => {
-      const req = request(
-        { host: "127.0.0.1", port: proxy.port, path: "/stream", agent: false, headers: { host: `${RUNNING}.${DOMAIN}`, ...auth(token(RUNNING)) } },
-        (res) => {
-          assert.equal(res.headers["content-type"], "text/event-stream");
-          const received: string[] = [];
-          res.on("data", (c: Buffer) => {
-            received.push(c.toString());
-            if (received.length === 1) releaseStream();
-          });
-          res.on("end", () => resolve(received));
-          res.on("error", reject);
-        },
-      );
-      req.on("error", reject);
-      req.end();
-    });
+    let contentType: string | undefined;
+    const parts = await streamedParts(
+      (onResponse) =>
+        request(
+          { host: "127.0.0.1", port: proxy.port, path: "/stream", agent: false, headers: { host: `${RUNNING}.${DOMAIN}`, ...auth(token(RUNNING)) } },
+          (res) => {
+            contentType = res.headers["content-type"];
+            onResponse(res);
+          },
+        ),
+      () => releaseStream(),
+    );
+    assert.equal(contentType, "text/event-stream");
     assert.equal(parts[0], "data: one\n\n");
     assert.equal(parts.join(""), "data: one\n\ndata: two\n\n");
   });
