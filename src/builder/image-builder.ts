@@ -69,7 +69,9 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
 
   start(build: BuildRecord): void {
     if (this.running.has(build.buildId)) return;
-    const work = this.withSlot(() => this.build(build)).finally(() => this.running.delete(build.buildId));
+    const work = this.withSlot(() => this.build(build))
+      .catch((error: unknown) => this.deps.log.error({ err: error, buildId: build.buildId }, "build crashed"))
+      .finally(() => this.running.delete(build.buildId));
     this.running.set(build.buildId, work);
   }
 

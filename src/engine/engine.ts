@@ -27,7 +27,7 @@ export interface Engine {
   /** Where the endpoint proxy reaches `guestPort` of the MicroVM's VM; throws TargetUnavailable when no VM runs. */
   connect(microvmId: string, guestPort: number): Promise<{ host: string; port: number }>;
   /** Auto-resume: brings the MicroVM to RUNNING for a request (see EndpointTargets.wake). */
-  wake(microvm: MicrovmRecord, timeoutMs: number): Promise<MicrovmRecord>;
+  wake(microvm: MicrovmRecord, timeoutMs: number): Promise<MicrovmRecord | undefined>;
   /** Traffic through the endpoint: the idle policy's clock. */
   activity(microvmId: string): void;
   /** On start: settle every intent left by a previous run of the server. */

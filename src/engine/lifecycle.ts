@@ -78,9 +78,12 @@ export class MicrovmLifecycle {
     microvm: MicrovmRecord,
     transition: MicrovmTransition,
     patch: TransitionPatch = {},
+    options: { onlyFrom?: readonly MicrovmState[] } = {},
   ): Promise<{ microvm: MicrovmRecord; moved: boolean }> {
     let current = microvm;
     for (;;) {
+      // A timer's decision holds only for the state it saw: had a request woken the MicroVM meanwhile, the timer is moot.
+      if (options.onlyFrom && !options.onlyFrom.includes(current.state)) return { microvm: current, moved: false };
       const decision = decide(transition, current.state);
       if (decision.kind === "done") return { microvm: current, moved: false };
       if (decision.kind === "forbidden") {

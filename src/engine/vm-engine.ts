@@ -95,9 +95,19 @@ export class VmEngine implements Engine {
       await this.bestEffortHook(microvm, slot, "suspend");
       const statePath = this.suspendedStateOf(microvm.microvmId);
       const partial = `${statePath}.partial`;
-      // Written whole, then renamed: a crash mid-way never leaves a state file that looks complete.
-      await vm.snapshot(partial, { withMemory: true });
-      await rename(partial, statePath);
+      try {
+        // Written whole, then renamed: a crash mid-way never leaves a state file that looks complete.
+        await vm.snapshot(partial, { withMemory: true });
+        await rename(partial, statePath);
+      } catch (error) {
+        // The guest is paused mid-save: it cannot go back to serving, so it ends with the reason rather than hang SUSPENDING.
+        this.o.log.warn({ err: error, microvmId: microvm.microvmId }, "MicroVM failed to suspend");
+        await rm(partial, { force: true });
+        await this.stopAndClean(microvm.microvmId, slot);
+        await this.o.lifecycle.apply(current, "failed", { stateReason: `The MicroVM could not be suspended: ${(error as Error).message}` });
+        this.slots.delete(microvm.microvmId);
+        return;
+      }
       await this.stopAndClean(microvm.microvmId, slot, { keepDisk: true });
       slot.stopping = false;
       const { microvm: suspended } = await this.o.lifecycle.apply(current, "suspended");
@@ -112,14 +122,17 @@ export class VmEngine implements Engine {
       if (current?.state !== "PENDING") return;
       try {
         const vm = await this.bringUp(current, slot, "suspension");
+        slot.abort.signal.throwIfAborted();
         await this.bestEffortHook(microvm, slot, "resume");
-        await rm(this.suspendedStateOf(microvm.microvmId), { force: true });
         // startedAt stays: maximumDurationInSeconds counts from the first start, whatever the state since.
         await this.o.lifecycle.apply(current, "started", { stateReason: undefined });
+        // Only once RUNNING is recorded: until then a restart must still find the state to resume from.
+        await rm(this.suspendedStateOf(microvm.microvmId), { force: true });
         slot.suspendedTimer?.cancel();
         this.armIdle(current, slot);
         this.o.log.info({ microvmId: microvm.microvmId, pid: vm.pid }, "MicroVM resumed");
       } catch (error) {
+        if (slot.abort.signal.aborted) return; // a terminate (or shutdown) took over; it cleans up
         this.o.log.warn({ err: error, microvmId: microvm.microvmId }, "MicroVM failed to resume");
         await this.stopAndClean(microvm.microvmId, slot);
         await this.o.lifecycle.apply(current, "failed", { stateReason: `The MicroVM could not resume: ${(error as Error).message}` }).catch(() => {});
@@ -165,17 +178,29 @@ export class VmEngine implements Engine {
         this.armSuspended(suspended, this.slotOf(microvm.microvmId));
         continue;
       }
+      await rm(join(this.microvmDir(microvm.microvmId), "run"), { recursive: true, force: true });
+      await rm(join(this.microvmDir(microvm.microvmId), "disk.qcow2"), { force: true });
+      await rm(this.suspendedStateOf(microvm.microvmId), { force: true });
       await lifecycle.apply(microvm, "failed", { stateReason: "The service restarted and the MicroVM's VM did not survive it." });
-      await rm(this.microvmDir(microvm.microvmId), { recursive: true, force: true });
     }
     for (const microvm of await store.microvmsInState(["TERMINATING"])) {
       await this.killLeftover(microvm.microvmId);
       this.terminateMicrovm(microvm);
     }
     for (const microvm of await store.microvmsInState(["PENDING"])) {
-      await this.killLeftover(microvm.microvmId);
-      if (await suspendedOnDisk(microvm)) this.resumeMicrovm(microvm);
-      else this.runMicrovm(microvm);
+      if (!(await suspendedOnDisk(microvm))) {
+        await this.killLeftover(microvm.microvmId);
+        this.runMicrovm(microvm);
+        continue;
+      }
+      // Cut short while resuming. A VM that already runs again has moved on from the state file: keep it.
+      if (await this.adopt(microvm)) {
+        await lifecycle.apply(microvm, "started", { stateReason: undefined });
+        await rm(this.suspendedStateOf(microvm.microvmId), { force: true });
+        continue;
+      }
+      this.armMaximumDuration(microvm, this.slotOf(microvm.microvmId));
+      this.resumeMicrovm(microvm);
     }
   }
 
@@ -218,14 +243,12 @@ export class VmEngine implements Engine {
     if (slot) slot.lastActivity = Date.now();
   }
 
-  async wake(microvm: MicrovmRecord, timeoutMs: number): Promise<MicrovmRecord> {
+  async wake(microvm: MicrovmRecord, timeoutMs: number): Promise<MicrovmRecord | undefined> {
     const deadline = Date.now() + timeoutMs;
     let current: MicrovmRecord | undefined = microvm;
     for (;;) {
-      if (!current || current.state === "TERMINATING" || current.state === "TERMINATED") {
-        throw new TargetUnavailable(microvm.microvmId, `it is ${current?.state ?? "gone"}`);
-      }
-      if (current.state === "RUNNING") return current;
+      // Running, or gone for good (the proxy answers that with a 404).
+      if (!current || ["RUNNING", "TERMINATING", "TERMINATED"].includes(current.state)) return current;
       if (current.state === "SUSPENDED") {
         // Concurrent requests race here; the state table lets one resume and the others wait.
         const resumed = await this.o.lifecycle.apply(current, "resume").catch(() => undefined);
@@ -332,11 +355,21 @@ export class VmEngine implements Engine {
     if (current?.state !== "RUNNING") return;
     const why = `No requests reached the MicroVM for ${seconds} seconds.`;
     if (terminate) {
-      const { moved, microvm: terminating } = await this.o.lifecycle.apply(current, "terminate", { stateReason: `${why} Its idle policy ends it then (suspendedDurationSeconds 0).` });
+      const { moved, microvm: terminating } = await this.o.lifecycle.apply(
+        current,
+        "terminate",
+        { stateReason: `${why} Its idle policy ends it then (suspendedDurationSeconds 0).` },
+        { onlyFrom: ["RUNNING"] },
+      );
       if (moved) this.terminateMicrovm(terminating);
       return;
     }
-    const { moved, microvm: suspending } = await this.o.lifecycle.apply(current, "suspend", { stateReason: `${why} Suspended by its idle policy.` });
+    const { moved, microvm: suspending } = await this.o.lifecycle.apply(
+      current,
+      "suspend",
+      { stateReason: `${why} Suspended by its idle policy.` },
+      { onlyFrom: ["RUNNING"] },
+    );
     if (moved) this.suspendMicrovm(suspending);
   }
 
@@ -350,9 +383,12 @@ export class VmEngine implements Engine {
       void (async () => {
         const current = await this.o.store.findMicrovm(microvm, microvm.microvmId);
         if (current?.state !== "SUSPENDED") return;
-        const { moved, microvm: terminating } = await this.o.lifecycle.apply(current, "terminate", {
-          stateReason: `The MicroVM stayed suspended for ${policy.suspendedDurationSeconds} seconds, as long as its idle policy allows.`,
-        });
+        const { moved, microvm: terminating } = await this.o.lifecycle.apply(
+          current,
+          "terminate",
+          { stateReason: `The MicroVM stayed suspended for ${policy.suspendedDurationSeconds} seconds, as long as its idle policy allows.` },
+          { onlyFrom: ["SUSPENDED"] },
+        );
         if (moved) this.terminateMicrovm(terminating);
       })().catch((error: unknown) => this.o.log.error({ err: error, microvmId: microvm.microvmId }, "could not end a suspended MicroVM"));
     }, deadline - Date.now());
@@ -418,30 +454,31 @@ export class VmEngine implements Engine {
   /** The build of the MicroVM's version for this host, once it has succeeded. */
   private async waitForBuild(microvm: MicrovmRecord, signal: AbortSignal): Promise<BuildRecord> {
     for (;;) {
-      const settled = new Promise<void>((resolve) => {
-        const wake = (build: BuildRecord) => {
-          if (build.imageId !== microvm.imageId || build.version !== microvm.imageVersion) return;
-          this.buildSettled.delete(wake);
-          resolve();
-        };
-        this.buildSettled.add(wake);
-        signal.addEventListener("abort", () => {
-          this.buildSettled.delete(wake);
-          resolve();
-        });
-      });
-      const builds = (await this.o.store.listBuilds(microvm.imageId, microvm.imageVersion, { architecture: this.o.platform.architecture, limit: 100 })).items;
-      const ready = builds.find((b) => b.buildState === "SUCCESSFUL");
-      if (ready) return ready;
-      if (!builds.some((b) => b.buildState === "PENDING" || b.buildState === "IN_PROGRESS")) {
-        const failed = builds.find((b) => b.buildState === "FAILED");
-        throw new StartFailure(
-          failed
-            ? `Image version ${microvm.imageVersion} failed to build: ${failed.stateReason ?? "no reason recorded"}`
-            : `Image version ${microvm.imageVersion} has no build for ${this.o.platform.architecture}.`,
-        );
+      // Listening before looking, so a build that settles in between is not missed; removed whatever happens.
+      let wake!: () => void;
+      const settled = new Promise<void>((resolve) => (wake = resolve));
+      const onSettled = (build: BuildRecord) => {
+        if (build.imageId === microvm.imageId && build.version === microvm.imageVersion) wake();
+      };
+      this.buildSettled.add(onSettled);
+      signal.addEventListener("abort", wake, { once: true });
+      try {
+        const builds = (await this.o.store.listBuilds(microvm.imageId, microvm.imageVersion, { architecture: this.o.platform.architecture, limit: 100 })).items;
+        const ready = builds.find((b) => b.buildState === "SUCCESSFUL");
+        if (ready) return ready;
+        if (!builds.some((b) => b.buildState === "PENDING" || b.buildState === "IN_PROGRESS")) {
+          const failed = builds.find((b) => b.buildState === "FAILED");
+          throw new StartFailure(
+            failed
+              ? `Image version ${microvm.imageVersion} failed to build: ${failed.stateReason ?? "no reason recorded"}`
+              : `Image version ${microvm.imageVersion} has no build for ${this.o.platform.architecture}.`,
+          );
+        }
+        await settled;
+      } finally {
+        this.buildSettled.delete(onSettled);
+        signal.removeEventListener("abort", wake);
       }
-      await settled;
       signal.throwIfAborted();
     }
   }
@@ -545,7 +582,7 @@ class StartFailure extends Error {}
 function aborted(signal: AbortSignal): Promise<never> {
   return new Promise((_, reject) => {
     if (signal.aborted) reject(signal.reason);
-    signal.addEventListener("abort", () => reject(signal.reason));
+    signal.addEventListener("abort", () => reject(signal.reason), { once: true });
   });
 }
 

@@ -17,10 +17,10 @@ export interface EndpointTargets {
   /**
    * Brings a MicroVM whose idle policy has autoResumeEnabled back to RUNNING:
    * resumes it if SUSPENDED, or waits while it suspends or starts. Resolves
-   * with the RUNNING record; throws TargetUnavailable when it does not run
-   * within `timeoutMs` or ends.
+   * with the record once RUNNING, or once it is terminating or gone (then
+   * undefined); throws TargetUnavailable when it does not run within `timeoutMs`.
    */
-  wake(microvm: MicrovmRecord, timeoutMs: number): Promise<MicrovmRecord>;
+  wake(microvm: MicrovmRecord, timeoutMs: number): Promise<MicrovmRecord | undefined>;
   /** Traffic to or from the MicroVM was seen (requests, stream and WebSocket data): the idle policy's clock. */
   activity(microvmId: string): void;
 }

@@ -117,7 +117,8 @@ export async function adopt(name: string, runDir: string, log: Logger): Promise<
     const agent = new AgentChannel(await connectWhenListening(layout.agentSocket, CONNECT_TIMEOUT_MS, () => false));
     const closed = new Promise<void>((resolve) => qmp!.once("close", resolve));
     const exit = closed.then(async () => {
-      while (await isQemuOf(pid, runDir)) await sleep(20);
+      // Not our child, so no exit event: watched by polling, which never holds the process open.
+      while (await isQemuOf(pid, runDir)) await sleep(20, undefined, { ref: false });
       return { code: null, signal: null };
     });
     log.info({ pid }, "adopted a running VM");
