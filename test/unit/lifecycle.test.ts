@@ -97,6 +97,18 @@ describe("MicrovmLifecycle", () => {
       await assert.rejects(lifecycle.apply(microvm, "started"), /is TERMINATING/);
     }));
 
+  it("lets a timer act only from the state it saw (onlyFrom), not from one a request moved to meanwhile", () =>
+    withLifecycle(async (lifecycle, microvm) => {
+      const { microvm: running } = await lifecycle.apply(microvm, "started");
+      const { microvm: suspending } = await lifecycle.apply(running, "suspend");
+      const { microvm: suspended } = await lifecycle.apply(suspending, "suspended");
+      await lifecycle.apply(suspended, "resume"); // a request woke it: PENDING now
+      // The suspended-period timer still holds the SUSPENDED record; terminate would be allowed from PENDING.
+      const late = await lifecycle.apply(suspended, "terminate", {}, { onlyFrom: ["SUSPENDED"] });
+      assert.equal(late.moved, false);
+      assert.equal(late.microvm.state, "PENDING");
+    }));
+
   it("serializes concurrent transitions: exactly one of two racing terminates moves", () =>
     withLifecycle(async (lifecycle, microvm) => {
       const results = await Promise.all([lifecycle.apply(microvm, "terminate"), lifecycle.apply(microvm, "terminate")]);
