@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -8,9 +7,8 @@ import { pathToFileURL } from "node:url";
 import { resolveConfig } from "../../src/config.js";
 import { openStore } from "../../src/store/open.js";
 import { MicrovmsClient } from "../../src/client/client.js";
-import { projectRoot } from "../../src/paths.js";
 import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, testCacheDir } from "../support/server.js";
-import { callEndpoint, Guests, qemuProcesses, writeSnapshotApp, type Obj } from "./support.js";
+import { callEndpoint, Guests, qemuProcesses, spawnServe, writeSnapshotApp, type Obj } from "./support.js";
 
 /**
  * Builds cut short by the service stopping: never left IN_PROGRESS, never a
@@ -104,7 +102,7 @@ test("after kill -9 of `microvms serve`, the next start adopts every running VM 
   const dataDir = mkdtempSync(join(tmpdir(), "microvms-restart-"));
   const app = writeSnapshotApp();
   scratch.push(dataDir, app);
-  const serve = await spawnServe(dataDir);
+  const serve = await spawnServe(dataDir, testCacheDir);
   let kept: Obj;
   let lost: Obj;
   let keptPid: number;
@@ -150,24 +148,16 @@ test("after kill -9 of `microvms serve`, the next start adopts every running VM 
   }
 });
 
-/** `microvms serve` as its own process (so it can be killed with SIGKILL), on free ports. */
-async function spawnServe(dataDir: string): Promise<{ apiUrl: string; proxyUrl: string; kill(): void; exited: Promise<unknown> }> {
-  const child = spawn(
-    process.execPath,
-    [join(projectRoot, "dist", "src", "cli", "main.js"), "serve", "--data-dir", dataDir, "--api-port", "0", "--proxy-port", "0", "--cache-dir", testCacheDir],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  const exited = new Promise((resolve) => child.once("exit", resolve));
-  const serving = await new Promise<{ apiUrl: string; proxyUrl: string }>((resolve, reject) => {
-    let buffer = "";
-    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
-      buffer += chunk;
-      for (const line of buffer.split("\n")) {
-        if (line.includes('"msg":"microvms serving"')) resolve(JSON.parse(line) as { apiUrl: string; proxyUrl: string });
-      }
-      buffer = buffer.slice(buffer.lastIndexOf("\n") + 1);
-    });
-    void exited.then(() => reject(new Error("microvms serve exited before serving")));
-  });
-  return { ...serving, kill: () => child.kill("SIGKILL"), exited };
-}
+test("`microvms serve` starts on a fresh machine: guest files built, acceleration probed, then serving", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "microvms-fresh-"));
+  scratch.push(dataDir);
+  // A cache of its own: nothing built or probed before (a QEMU that fails the KVM probe must not end the server).
+  const serve = await spawnServe(dataDir, join(dataDir, "cache"));
+  try {
+    const answer = await new MicrovmsClient({ endpoint: serve.apiUrl }).call("ListManagedMicrovmImages", {});
+    assert.ok((answer.items as unknown[]).length >= 4);
+  } finally {
+    serve.kill();
+    await serve.exited;
+  }
+});

@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { request, type IncomingMessage } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { MicrovmsClient } from "../../src/client/client.js";
+import { projectRoot } from "../../src/paths.js";
 import { BUILD_ROLE, BUSYBOX, eventually, type TestServer } from "../support/server.js";
 
 /**
@@ -210,4 +212,26 @@ export class Guests {
     assert.equal(answer.status, 200, `${path}: ${answer.body}`);
     return answer.body.trim();
   }
+}
+
+/** `microvms serve` as its own process (so it can be killed with SIGKILL), on free ports. */
+export async function spawnServe(dataDir: string, cacheDir: string): Promise<{ apiUrl: string; proxyUrl: string; kill(): void; exited: Promise<unknown> }> {
+  const child = spawn(
+    process.execPath,
+    [join(projectRoot, "dist", "src", "cli", "main.js"), "serve", "--data-dir", dataDir, "--api-port", "0", "--proxy-port", "0", "--cache-dir", cacheDir],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  const serving = await new Promise<{ apiUrl: string; proxyUrl: string }>((resolve, reject) => {
+    let buffer = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+      buffer += chunk;
+      for (const line of buffer.split("\n")) {
+        if (line.includes('"msg":"microvms serving"')) resolve(JSON.parse(line) as { apiUrl: string; proxyUrl: string });
+      }
+      buffer = buffer.slice(buffer.lastIndexOf("\n") + 1);
+    });
+    void exited.then(() => reject(new Error("microvms serve exited before serving")));
+  });
+  return { ...serving, kill: () => child.kill("SIGKILL"), exited };
 }

@@ -68,9 +68,8 @@ export async function launch(machine: QemuMachine, name: string, log: Logger): P
   let child: ChildProcess;
   try {
     // detached: its own process group, so one signal reaches QEMU and anything it forks, and
-    // the VM outlives this process (a restarted server adopts it). unref: it does not keep us running.
+    // the VM outlives this process (a restarted server adopts it).
     child = spawn(QEMU_BINARY, qemuArguments(machine), { detached: true, stdio: ["ignore", output.fd, output.fd] });
-    child.unref();
   } finally {
     await output.close();
   }
@@ -90,6 +89,9 @@ export async function launch(machine: QemuMachine, name: string, log: Logger): P
     const agent = new AgentChannel(await connectWhenListening(machine.layout.agentSocket, CONNECT_TIMEOUT_MS, () => gone));
     if (child.pid === undefined) throw new Error("QEMU has no pid");
     log.debug({ pid: child.pid, accel: machine.accel, memoryMiB: machine.memoryMiB }, "QEMU started");
+    // Once started, the VM does not keep this process alive (the server's sockets do, while it serves).
+    // Not before: while we wait on a QEMU that fails to start, its exit is all there is to wait for.
+    child.unref();
     // A restored guest is past its boot: its application already listens.
     return new QemuVm(name, child.pid, qmp, agent, exit, machine.layout, log, machine.incoming === true);
   } catch (error) {
