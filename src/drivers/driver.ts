@@ -88,4 +88,6 @@ export interface VmDriver {
   restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string, options?: { memoryInState?: boolean }): Promise<Vm>;
   /** Takes over a VM that a previous run of the server started in `runDir`; undefined when it is gone. */
   adopt(name: string, runDir: string): Promise<Vm | undefined>;
+  /** Stops a VM that a previous run of the server started in `runDir` and that is not adopted; whether there was one. */
+  killLeftover(runDir: string): Promise<boolean>;
 }

@@ -1,5 +1,5 @@
 import { createWriteStream, type WriteStream } from "node:fs";
-import { mkdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
@@ -287,23 +287,10 @@ export class VmEngine implements Engine {
   }
 
   private async start(microvm: MicrovmRecord, slot: Slot): Promise<void> {
-    const { store, lifecycle, log } = this.o;
+    const { lifecycle, log } = this.o;
     const signal = slot.abort.signal;
     const mlog = log.child({ microvmId: microvm.microvmId });
     try {
-      const build = await this.waitForBuild(microvm, signal);
-      const version = await store.findVersion(microvm.imageId, microvm.imageVersion);
-      if (!version) throw new StartFailure(`Image version ${microvm.imageVersion} no longer exists.`);
-      signal.throwIfAborted();
-
-      const dir = this.microvmDir(microvm.microvmId);
-      await mkdir(dir, { recursive: true });
-      // A private copy-on-write layer: the snapshot's disk is shared by every MicroVM of the version and never written.
-      await runCommand("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", this.o.builder.snapshotOf(build.buildId).disk, join(dir, "disk.qcow2")], {
-        what: `the disk of MicroVM ${microvm.microvmId}`,
-        debianPackage: "qemu-utils",
-      });
-      signal.throwIfAborted();
       // Never a cold boot: the application starts where the build's snapshot left it.
       const vm = await this.bringUp(microvm, slot, "snapshot");
       mlog.info({ pid: vm.pid }, "VM restored from its image's snapshot");
@@ -406,17 +393,28 @@ export class VmEngine implements Engine {
   }
 
   /**
-   * Starts the MicroVM's VM on its disk overlay from the build's snapshot (a
-   * run) or from its own suspended state (a resume, whose RAM is in the state
-   * file, laid over the build's memory file), and wires its output and exit.
+   * Starts the MicroVM's VM from the build's snapshot on a new disk overlay (a
+   * run), or from its own suspended state on the overlay it had (a resume,
+   * whose RAM is in the state file, laid over the build's memory file), and
+   * wires its output and exit.
    */
   private async bringUp(microvm: MicrovmRecord, slot: Slot, from: "snapshot" | "suspension"): Promise<Vm> {
+    const build = await this.waitForBuild(microvm, slot.abort.signal);
     const version = await this.o.store.findVersion(microvm.imageId, microvm.imageVersion);
     if (!version) throw new StartFailure(`Image version ${microvm.imageVersion} no longer exists.`);
-    const build = await this.waitForBuild(microvm, slot.abort.signal);
+    slot.abort.signal.throwIfAborted();
     const snapshot = this.o.builder.snapshotOf(build.buildId);
-    const assets = await this.o.assets();
     const dir = this.microvmDir(microvm.microvmId);
+    if (from === "snapshot") {
+      await mkdir(dir, { recursive: true });
+      // A private copy-on-write layer: the snapshot's disk is shared by every MicroVM of the version and never written.
+      await runCommand("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", snapshot.disk, join(dir, "disk.qcow2")], {
+        what: `the disk of MicroVM ${microvm.microvmId}`,
+        debianPackage: "qemu-utils",
+      });
+      slot.abort.signal.throwIfAborted();
+    }
+    const assets = await this.o.assets();
     const egress = (microvm.config.egressNetworkConnectors ?? version.config.egressNetworkConnectors ?? []).includes("INTERNET_EGRESS");
     const vm = await this.o.driver.restore(
       {
@@ -560,19 +558,9 @@ export class VmEngine implements Engine {
 
   /** A QEMU a previous run of the server left behind and that could not be adopted: it is stopped. */
   private async killLeftover(microvmId: string): Promise<void> {
-    const runDir = join(this.microvmDir(microvmId), "run");
-    const pid = Number((await readFile(join(runDir, "qemu.pid"), "utf8").catch(() => "")).trim());
-    if (!Number.isInteger(pid) || pid <= 0) return;
-    // The pid may have been reused since: only a QEMU started for this MicroVM's directory is ours.
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => "");
-    if (!cmdline.includes("qemu-system") || !cmdline.includes(runDir)) return;
-    this.o.log.warn({ microvmId, pid }, "stopping a VM left by a previous run of the service");
-    try {
-      process.kill(-pid, "SIGKILL");
-    } catch {
-      return;
+    if (await this.o.driver.killLeftover(join(this.microvmDir(microvmId), "run"))) {
+      this.o.log.warn({ microvmId }, "stopped a VM left by a previous run of the service");
     }
-    while (await readFile(`/proc/${pid}/stat`, "utf8").then((stat) => !/\) Z /.test(stat), () => false)) await sleep(20);
   }
 }
 

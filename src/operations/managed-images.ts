@@ -1,5 +1,6 @@
 import { notFound } from "../api/errors.js";
 import { findManagedImage, managedImages } from "../catalogue/managed-images.js";
+import type { ManagedImageVersionRecord } from "../store/records.js";
 import type { OperationHandlers, Services } from "./context.js";
 import { managedImageArn, parseImageArn } from "./identifiers.js";
 import { DEFAULT_MAX_RESULTS, listScope } from "./pagination.js";
@@ -28,27 +29,24 @@ export function managedImageHandlers(services: Services): Pick<
 > {
   const { store } = services;
   /** The catalogue's versions of `name` as the store dates them (recorded at start-up by recordManagedImages). */
-  const versionsOf = async (name: string, versions: string[]) => {
-    const recorded = await store.managedImageVersions();
-    return versions.map((version) => {
+  const versionsOf = (recorded: ManagedImageVersionRecord[], name: string, versions: string[]) =>
+    versions.map((version) => {
       const found = recorded.find((r) => r.name === name && r.version === version);
       if (!found) throw new Error(`managed image ${name} version ${version} was not recorded at start-up`);
       return found;
     });
-  };
 
   return {
     async ListManagedMicrovmImages(input, { owner }) {
-      const all = await Promise.all(
-        managedImages.map(async (image) => {
-          const versions = await versionsOf(image.name, image.versions);
-          return {
-            createdAt: versions[0]!.createdAt,
-            imageArn: managedImageArn(owner.region, image.name),
-            updatedAt: new Date(Math.max(...versions.map((v) => v.updatedAt.getTime()))),
-          };
-        }),
-      );
+      const recorded = await store.managedImageVersions();
+      const all = managedImages.map((image) => {
+        const versions = versionsOf(recorded, image.name, image.versions);
+        return {
+          createdAt: versions[0]!.createdAt,
+          imageArn: managedImageArn(owner.region, image.name),
+          updatedAt: new Date(Math.max(...versions.map((v) => v.updatedAt.getTime()))),
+        };
+      });
       return pageOf(services, listScope("ListManagedMicrovmImages", owner.region), all, input.nextToken, input.maxResults);
     },
 
@@ -59,7 +57,7 @@ export function managedImageHandlers(services: Services): Pick<
       if (!image) {
         throw notFound("ManagedMicrovmImage", input.imageIdentifier, `Managed MicroVM image ${input.imageIdentifier} does not exist.`);
       }
-      const all = (await versionsOf(image.name, image.versions)).map((v) => ({
+      const all = versionsOf(await store.managedImageVersions(), image.name, image.versions).map((v) => ({
         createdAt: v.createdAt,
         imageArn: managedImageArn(owner.region, image.name),
         imageVersion: v.version,

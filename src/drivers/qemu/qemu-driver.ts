@@ -48,6 +48,10 @@ export class QemuDriver implements VmDriver {
     return adopt(name, runDir, this.log.child({ vm: name }));
   }
 
+  killLeftover(runDir: string): Promise<boolean> {
+    return killLeftover(runDir);
+  }
+
   async restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string, options: { memoryInState?: boolean } = {}): Promise<Vm> {
     await mkdir(spec.runDir, { recursive: true });
     const layout = qemuLayout(spec.runDir);
@@ -111,8 +115,8 @@ export async function launch(machine: QemuMachine, name: string, log: Logger): P
  */
 export async function adopt(name: string, runDir: string, log: Logger): Promise<QemuVm | undefined> {
   const layout = qemuLayout(runDir);
-  const pid = Number((await readFile(layout.pidFile, "utf8").catch(() => "")).trim());
-  if (!Number.isInteger(pid) || pid <= 0 || !(await isQemuOf(pid, runDir))) return undefined;
+  const pid = await leftoverPid(runDir);
+  if (pid === undefined) return undefined;
   let qmp: Qmp | undefined;
   try {
     qmp = await Qmp.open(await connectWhenListening(layout.qmpSocket, CONNECT_TIMEOUT_MS, () => false));
@@ -130,6 +134,21 @@ export async function adopt(name: string, runDir: string, log: Logger): Promise<
     log.warn({ err: error, pid }, "could not adopt a VM");
     return undefined;
   }
+}
+
+/** Kills the QEMU a previous run of the server left in `runDir`, if one lives, and waits for it to go; whether there was one. */
+export async function killLeftover(runDir: string): Promise<boolean> {
+  const pid = await leftoverPid(runDir);
+  if (pid === undefined) return false;
+  killGroup(pid);
+  while (await isQemuOf(pid, runDir)) await sleep(20);
+  return true;
+}
+
+/** The pid of a live QEMU started for `runDir`, from its pid file; undefined when there is none (a reused pid is not ours). */
+async function leftoverPid(runDir: string): Promise<number | undefined> {
+  const pid = Number((await readFile(qemuLayout(runDir).pidFile, "utf8").catch(() => "")).trim());
+  return Number.isInteger(pid) && pid > 0 && (await isQemuOf(pid, runDir)) ? pid : undefined;
 }
 
 /** Whether `pid` is a live (not zombie) QEMU started for `runDir`. */
