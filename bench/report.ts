@@ -16,6 +16,11 @@ export function spread(values: number[]): Spread {
 
 export const spreadCells = (s: Spread): number[] => [round(s.median), round(s.min), round(s.max)];
 
+/** A table of medians, minimums and maximums, one row per measured quantity. */
+export function spreadTable(unit: string, rows: [label: string, spread: Spread][]): string {
+  return table([unit, "median", "min", "max"], rows.map(([label, s]) => [label, ...spreadCells(s)]));
+}
+
 export const mapSpread = (s: Spread, digits: number): Spread => ({ median: round(s.median, digits), min: round(s.min, digits), max: round(s.max, digits) });
 
 export const MiB = 1024 * 1024;

@@ -18,7 +18,7 @@ import { firstOkThroughEndpoint, load, type HttpTarget, type LoadResult } from "
 import { MicrovmApi } from "./microvm-api.js";
 import { benchSuspendedDensity } from "./suspended-density.js";
 import { benchAutoResume, benchSuspendResume, type SuspendBenchContext } from "./suspend-resume.js";
-import { heading, mapSpread, mib, round, spread, spreadCells, table, type Spread } from "./report.js";
+import { heading, mapSpread, mib, round, spread, spreadCells, spreadTable, table, type Spread } from "./report.js";
 
 /**
  * `npm run bench`: what running a MicroVM costs on this host, measured on a real
@@ -269,14 +269,11 @@ async function benchStart(): Promise<{ runs: StartRun[]; totalMs: Spread; toRunn
   const runningToFirstByteMs = spread(runs.map((r) => r.firstByte - r.running));
   console.log();
   console.log(
-    table(
-      ["ms", "median", "min", "max"],
-      [
-        ["RunMicrovm → first byte", ...spreadCells(totalMs)],
-        ["RunMicrovm → RUNNING", ...spreadCells(toRunningMs)],
-        ["RUNNING → first byte", ...spreadCells(runningToFirstByteMs)],
-      ],
-    ),
+    spreadTable("ms", [
+      ["RunMicrovm → first byte", totalMs],
+      ["RunMicrovm → RUNNING", toRunningMs],
+      ["RUNNING → first byte", runningToFirstByteMs],
+    ]),
   );
   console.log("(RUNNING is the MicroVM's startedAt: snapshot loaded, guest running, clock resynced; QEMU up is when its pid file appeared, to 20 ms.)");
   return { runs, totalMs, toRunningMs, runningToFirstByteMs };
@@ -352,14 +349,11 @@ async function benchColdAgainstRestore(
   const ratio = round(coldBootMs.median / restoreMs.median, 1);
   console.log();
   console.log(
-    table(
-      ["ms to the first byte of a 200", "median", "min", "max"],
-      [
-        ["cold boot (driver.start)", ...spreadCells(coldBootMs)],
-        ["restore (driver.restore)", ...spreadCells(restoreMs)],
-        ["RunMicrovm, through the API and proxy (part 1)", ...spreadCells(api)],
-      ],
-    ),
+    spreadTable("ms to the first byte of a 200", [
+      ["cold boot (driver.start)", coldBootMs],
+      ["restore (driver.restore)", restoreMs],
+      ["RunMicrovm, through the API and proxy (part 1)", api],
+    ]),
   );
   console.log(`cold boot / restore = ${ratio} (medians)`);
   console.log(

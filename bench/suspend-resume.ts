@@ -5,7 +5,7 @@ import { qemuProcesses } from "../test/vm/support.js";
 import { fileSize, type FileSize } from "./disk-usage.js";
 import { firstOkThroughEndpoint, get, type HttpTarget } from "./http-load.js";
 import type { MicrovmApi } from "./microvm-api.js";
-import { heading, mapSpread, mib, round, spread, spreadCells, table, type Spread } from "./report.js";
+import { heading, mapSpread, mib, round, spread, spreadTable, table, type Spread } from "./report.js";
 
 /**
  * Suspend to disk and back, one MicroVM at a time, on the bench image:
@@ -138,7 +138,7 @@ export async function benchSuspendResume(c: SuspendBenchContext, runs: number): 
   );
   const suspendMs = spread(results.map((r) => r.suspend.suspended));
   console.log();
-  console.log(table(["ms", "median", "min", "max"], [["SuspendMicrovm → SUSPENDED", ...spreadCells(suspendMs)]]));
+  console.log(spreadTable("ms", [["SuspendMicrovm → SUSPENDED", suspendMs]]));
   console.log(`ms after SuspendMicrovm was sent; SUSPENDED as a GetMicrovm poll every ${c.pollMs} ms saw it (suspend hook, memory and devices written, QEMU stopped; checked gone)`);
   console.log("suspended.state is QEMU's migration stream with all guest RAM (zero pages as markers), written whole and renamed; the disk overlay stays beside it");
 
@@ -153,13 +153,10 @@ export async function benchSuspendResume(c: SuspendBenchContext, runs: number): 
   const resumeToFirstByteMs = spread(results.map((r) => r.resume.firstByte));
   console.log();
   console.log(
-    table(
-      ["ms", "median", "min", "max"],
-      [
-        ["ResumeMicrovm → first byte", ...spreadCells(resumeToFirstByteMs)],
-        ["ResumeMicrovm → RUNNING (poll saw)", ...spreadCells(resumeToRunningMs)],
-      ],
-    ),
+    spreadTable("ms", [
+      ["ResumeMicrovm → first byte", resumeToFirstByteMs],
+      ["ResumeMicrovm → RUNNING (poll saw)", resumeToRunningMs],
+    ]),
   );
   console.log(`ms after ResumeMicrovm was sent; GETs: requests until the 200, a new one ${c.pollMs} ms after each 503 (the MicroVM still PENDING)`);
   return {
@@ -227,14 +224,11 @@ export async function benchAutoResume(c: SuspendBenchContext, runs: number, expl
   const runningSeenMs = spread(results.map((r) => r.get.runningSeen));
   console.log();
   console.log(
-    table(
-      ["ms after the GET was sent", "median", "min", "max"],
-      [
-        ["GET → first byte of its 200 (auto-resume)", ...spreadCells(firstByteMs)],
-        ["GET → RUNNING (poll saw)", ...spreadCells(runningSeenMs)],
-        ["ResumeMicrovm → first byte (part 8)", ...spreadCells(explicit)],
-      ],
-    ),
+    spreadTable("ms after the GET was sent", [
+      ["GET → first byte of its 200 (auto-resume)", firstByteMs],
+      ["GET → RUNNING (poll saw)", runningSeenMs],
+      ["ResumeMicrovm → first byte (part 8)", explicit],
+    ]),
   );
   console.log("the proxy holds the request while the MicroVM resumes (it looks at the MicroVM's state every 50 ms), then forwards it: one request, no 503 seen by the client");
   return { idlePolicy: AUTO_RESUME_POLICY, runs: results, firstByteMs: mapSpread(firstByteMs, 0), runningSeenMs: mapSpread(runningSeenMs, 0) };

@@ -1,31 +1,22 @@
 import assert from "node:assert/strict";
 import { createWriteStream } from "node:fs";
-import { chmod, lstat, mkdir, mkdtemp, readFile, readlink, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, lstat, mkdir, readFile, readlink, readdir, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { pathToFileURL } from "node:url";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import * as tar from "tar";
 import { ZipFile } from "yazl";
 import { fetchCodeArtifact } from "../../src/builder/artifact.js";
-import { assertRejects, exists } from "./assertions.js";
+import { assertRejects, exists, scratchRoot } from "./support.js";
 
-let root: string;
-let counter = 0;
-
-before(async () => {
-  root = await mkdtemp(join(tmpdir(), "microvms-artifact-"));
-});
-after(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+const freshDir = scratchRoot("microvms-artifact-");
 
 /** A fresh directory under the test's root: `work/` holds inputs, `work/dest/` the unpacked artifact. */
 async function workspace(): Promise<{ work: string; dest: string }> {
-  const work = join(root, `case-${++counter}`);
+  const work = await freshDir();
   const dest = join(work, "dest");
-  await mkdir(dest, { recursive: true });
+  await mkdir(dest);
   return { work, dest };
 }
 

@@ -11,10 +11,9 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash, generateKeyPairSync, randomUUID, sign, type KeyObject } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, readlink, stat, writeFile } from "node:fs/promises";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { gzipSync } from "node:zlib";
@@ -29,25 +28,11 @@ import { fetchOciImage, isOciReference, type OciImageConfig } from "../../src/bu
 import { isLoopbackRegistry, parseOciReference } from "../../src/builder/oci/reference.js";
 import { parseChallenges } from "../../src/builder/oci/registry.js";
 import { freePort, mediaTypes, OciLayout, pushImage, startRegistryIn, tarLayer, type Descriptor, type Registry } from "../support/oci-registry.js";
-import { assertRejects, exists } from "./assertions.js";
+import { assertRejects, exists, scratchRoot } from "./support.js";
 
 const run = promisify(execFile);
 
-let root: string;
-let counter = 0;
-
-before(async () => {
-  root = await mkdtemp(join(tmpdir(), "microvms-oci-"));
-});
-after(async () => {
-  await rm(root, { recursive: true, force: true });
-});
-
-async function freshDir(name = "case"): Promise<string> {
-  const dir = join(root, `${name}-${++counter}`);
-  await mkdir(dir, { recursive: true });
-  return dir;
-}
+const freshDir = scratchRoot("microvms-oci-");
 
 const sha256 = (data: Buffer | string) => `sha256:${createHash("sha256").update(data).digest("hex")}`;
 
@@ -236,7 +221,7 @@ describe("registry protocol details", () => {
     assert.deepEqual(await loadRegistryCredentials(path, "Registry.Example.com"), { username: "bob", password: "secret" });
     assert.deepEqual(await loadRegistryCredentials(path, "docker.io"), { username: "hub", password: "token" });
     assert.equal(await loadRegistryCredentials(path, "localhost:5001"), undefined);
-    assert.equal(await loadRegistryCredentials(join(root, "no-such-file.json"), "localhost:5000"), undefined);
+    assert.equal(await loadRegistryCredentials(join(await freshDir(), "no-such-file.json"), "localhost:5000"), undefined);
   });
 });
 

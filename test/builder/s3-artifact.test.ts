@@ -10,7 +10,7 @@ import * as tar from "tar";
 import { ZipFile } from "yazl";
 import { fetchCodeArtifact, type S3Settings } from "../../src/builder/artifact.js";
 import { parseS3Uri, s3SettingsFromEnv } from "../../src/builder/s3.js";
-import { assertRejects } from "./assertions.js";
+import { assertRejects } from "./support.js";
 
 let root: string;
 /** TMPDIR for this process, so that the tests see every temporary file the fetcher leaves behind. */

@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
-import { lstat } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before } from "node:test";
 import { ArtifactError } from "../../src/builder/artifact-error.js";
 
 /** Asserts that `promise` rejects with an ArtifactError (a user's mistake, told in a stateReason) matching `message`. */
@@ -20,4 +23,22 @@ export async function exists(path: string): Promise<boolean> {
     () => true,
     () => false,
   );
+}
+
+/**
+ * A scratch directory made before the file's tests and removed after them;
+ * returns a function that makes a new directory under it for each case.
+ */
+export function scratchRoot(prefix: string): (name?: string) => Promise<string> {
+  let root: string;
+  let counter = 0;
+  before(async () => {
+    root = await mkdtemp(join(tmpdir(), prefix));
+  });
+  after(() => rm(root, { recursive: true, force: true }));
+  return async (name = "case") => {
+    const dir = join(root, `${name}-${++counter}`);
+    await mkdir(dir, { recursive: true });
+    return dir;
+  };
 }

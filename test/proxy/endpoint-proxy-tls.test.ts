@@ -15,7 +15,7 @@ import { TargetUnavailable, type EndpointTargets } from "../../src/proxy/targets
 import type { MicrovmRecord, Owner } from "../../src/store/records.js";
 import { endpointCertificateNames, issueServerCertificate, loadOrCreateAuthority, type CertificateAuthority } from "../../src/tls/certificate-authority.js";
 import { TokenAuthority } from "../../src/tokens/endpoint-token.js";
-import { streamedParts } from "./support.js";
+import { converse, streamedParts } from "./support.js";
 
 /**
  * The endpoint proxy with HTTPS: the same port answers TLS and plain HTTP, with a
@@ -203,16 +203,7 @@ describe("HTTPS on the endpoint port", () => {
 
   test("a WebSocket over wss:// echoes through the proxy", async () => {
     const ws = wss(proxy.port, auth());
-    await new Promise((resolve, reject) => (ws.once("open", resolve), ws.once("error", reject)));
-    const replies: string[] = [];
-    for (const text of ["hello", "again"]) {
-      const reply = new Promise<string>((resolve) => ws.once("message", (data) => resolve(data.toString())));
-      ws.send(text);
-      replies.push(await reply);
-    }
-    assert.deepEqual(replies, ["echo: hello", "echo: again"]);
-    ws.close();
-    await new Promise((resolve) => ws.once("close", resolve));
+    assert.deepEqual(await converse(ws, ["hello", "again"]), ["echo: hello", "echo: again"]);
     assert.equal(wsUpgradeHeaders?.["x-forwarded-proto"], "https");
     assert.equal(wsUpgradeHeaders?.["x-aws-proxy-auth"], undefined);
   });

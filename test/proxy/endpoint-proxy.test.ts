@@ -10,7 +10,7 @@ import { startEndpointProxy, type RunningEndpointProxy } from "../../src/proxy/e
 import { TargetUnavailable, type EndpointTargets } from "../../src/proxy/targets.js";
 import type { MicrovmRecord, Owner } from "../../src/store/records.js";
 import { TokenAuthority, type TokenClaims } from "../../src/tokens/endpoint-token.js";
-import { streamedParts } from "./support.js";
+import { converse, streamedParts } from "./support.js";
 
 /**
  * The endpoint proxy in front of a "guest": a local HTTP server with a WebSocket
@@ -296,16 +296,7 @@ describe("forwarding", () => {
   test("a WebSocket echoes through the proxy, and the guest's upgrade carries no token", async () => {
     const before = calls.activity.length;
     const ws = new WebSocket(`ws://127.0.0.1:${proxy.port}/chat`, { headers: { host: `${RUNNING}.${DOMAIN}`, ...auth(token(RUNNING)) } });
-    await new Promise((resolve, reject) => (ws.once("open", resolve), ws.once("error", reject)));
-    const replies: string[] = [];
-    for (const text of ["hello", "again"]) {
-      const reply = new Promise<string>((resolve) => ws.once("message", (data) => resolve(data.toString())));
-      ws.send(text);
-      replies.push(await reply);
-    }
-    assert.deepEqual(replies, ["echo: hello", "echo: again"]);
-    ws.close();
-    await new Promise((resolve) => ws.once("close", resolve));
+    assert.deepEqual(await converse(ws, ["hello", "again"]), ["echo: hello", "echo: again"]);
     assert.equal(wsUpgradeHeaders?.["x-aws-proxy-auth"], undefined);
     assert.equal(wsUpgradeHeaders?.["x-forwarded-host"], `${RUNNING}.${DOMAIN}`);
     assert.ok(calls.activity.slice(before).includes(RUNNING));

@@ -1,4 +1,5 @@
 import type { ClientRequest, IncomingMessage } from "node:http";
+import type { WebSocket } from "ws";
 
 /**
  * Sends a request (made by `send`, with the callback it must pass as the
@@ -19,4 +20,18 @@ export function streamedParts(send: (onResponse: (res: IncomingMessage) => void)
     req.on("error", reject);
     req.end();
   });
+}
+
+/** Waits for the WebSocket to open, sends each message and waits for its reply in turn, then closes it; returns the replies. */
+export async function converse(ws: WebSocket, messages: string[]): Promise<string[]> {
+  await new Promise((resolve, reject) => (ws.once("open", resolve), ws.once("error", reject)));
+  const replies: string[] = [];
+  for (const text of messages) {
+    const reply = new Promise<string>((resolve) => ws.once("message", (data) => resolve(data.toString())));
+    ws.send(text);
+    replies.push(await reply);
+  }
+  ws.close();
+  await new Promise((resolve) => ws.once("close", resolve));
+  return replies;
 }
