@@ -2,17 +2,15 @@ import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { Vm, VmDriver, VmSpec } from "../src/drivers/driver.js";
-import type { GuestAssets } from "../src/guest/assets.js";
-import { runCommand } from "../src/process/run-command.js";
+import type { GuestAssets } from "../src/agent/assets.js";
 import { firstOk } from "./http-load.js";
 
 /**
  * One VM started straight through the driver, without the server, from a
  * build's snapshot files: the same image either cold-booted or restored.
  *
- *   qemu-img: a fresh qcow2 overlay on the build's disk.ext4
- *   ─► cold boot: driver.start (anonymous RAM; kernel, agent, bootstrap, httpd)
- *      restore:   driver.restore (memory.ram mapped privately, state.bin loaded, clock resynced)
+ *   cold boot: driver.start (a fresh qcow2 overlay on the build's disk.ext4; anonymous RAM; kernel, agent, bootstrap, httpd)
+ *   restore:   driver.restore (a fresh overlay; memory.ram mapped privately, state.bin loaded, clock resynced)
  *   ─► vm.forward(guest port) ─► GET until the first byte of a 200
  *   ─► vm.stop ─► overlay and run directory removed
  */
@@ -27,12 +25,10 @@ export interface BuildSnapshot {
 
 export type StartKind = "cold boot" | "restore";
 
-/** Milliseconds after the overlay was asked for. */
+/** Milliseconds after the VM was asked for. */
 export interface DriverStartRun {
   kind: StartKind;
-  /** qemu-img created the overlay. */
-  overlay: number;
-  /** start() or restore() returned: QEMU runs and its channels are connected (restored: the guest runs again). */
+  /** start() or restore() returned: the overlay exists, QEMU runs and its channels are connected (restored: the guest runs again). */
   vmUp: number;
   /** QEMU forwards a loopback port to the guest port. */
   forward: number;
@@ -63,17 +59,12 @@ export async function firstByteThroughDriver(options: {
   const since = () => performance.now() - started;
   let vm: Vm | undefined;
   try {
-    await runCommand("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", snapshot.disk, overlayPath], {
-      what: `the disk overlay of ${name}`,
-      debianPackage: "qemu-utils",
-    });
-    const overlay = since();
     const spec: VmSpec = {
       name,
       runDir,
       kernel: assets.kernel,
       initrd: assets.initrd,
-      disk: { path: overlayPath, format: "qcow2" },
+      disk: { path: overlayPath, format: "qcow2", backing: snapshot.disk },
       memoryMiB: snapshot.memoryMiB,
       egress: false,
     };
@@ -88,7 +79,7 @@ export async function firstByteThroughDriver(options: {
     const firstByte = ok.firstByteAt - started;
     const stopping = performance.now();
     await vm.stop();
-    return { kind, overlay, vmUp, forward, firstByte, attempts: ok.attempts, stopMs: performance.now() - stopping };
+    return { kind, vmUp, forward, firstByte, attempts: ok.attempts, stopMs: performance.now() - stopping };
   } finally {
     await vm?.stop(0); // after a failure; once stopped, stop() only answers how it ended
     await rm(runDir, { recursive: true, force: true });

@@ -5,9 +5,9 @@ import { Accounts } from "./accounts.js";
 import { buildApi } from "./api/http.js";
 import { loadServiceModel } from "./api/model.js";
 import { SigV4Verifier } from "./api/sigv4.js";
-import type { ServerConfig } from "./config.js";
+import type { ServerConfig } from "./config/config.js";
 import type { CloseOptions, Engine } from "./engine/engine.js";
-import { MicrovmLifecycle } from "./engine/lifecycle.js";
+import { MicrovmLifecycle } from "./lifecycle/microvm-states.js";
 import { createEngine } from "./engine/create-engine.js";
 import type { Services } from "./operations/context.js";
 import { createHandlers } from "./operations/index.js";
@@ -83,12 +83,7 @@ export async function startServer(config: ServerConfig, log: Logger = pino({ lev
       host: config.host,
       port: config.proxyPort,
       tokens: services.tokens,
-      targets: {
-        findMicrovm: (owner, microvmId) => store.findMicrovm(owner, microvmId),
-        connect: (microvmId, guestPort) => engine.connect(microvmId, guestPort),
-        wake: (microvm, timeoutMs) => engine.wake(microvm, timeoutMs),
-        activity: (microvmId) => engine.activity(microvmId),
-      },
+      targets: engine.targets,
       log: log.child({ part: "proxy" }),
       domain: ENDPOINT_DOMAIN,
       tls,

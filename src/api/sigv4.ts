@@ -2,7 +2,7 @@ import { timingSafeEqual, createHash } from "node:crypto";
 import { Sha256 } from "@aws-crypto/sha256-js";
 import { HttpRequest } from "@smithy/protocol-http";
 import { SignatureV4 } from "@smithy/signature-v4";
-import { ServiceError } from "./errors.js";
+import { ServiceError } from "../domain/service-errors.js";
 import type { Accounts } from "../accounts.js";
 
 /**

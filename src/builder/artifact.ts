@@ -5,25 +5,24 @@
  *                     │                       └─ file ───────┐                                     │
  *                     ├─ s3://bucket/key ─ temporary file ───┴─ unpackArchive ─┬─ zip ─ unpackZip ─┤
  *                     │                    (s3.ts)               (magic bytes) └─ tar ─ unpackTar ─┴─ ArtifactWriter(dest)
- *                     └─ registry/repo:tag (not yet)                                                         │
+ *                     └─ registry/repo:tag ─ refused: a root filesystem, fetched by oci/oci-image.ts         │
  *                                                                                                         finish ─ bootstrap at the root
  *
- * Every user-caused failure is an ArtifactError whose message becomes the build's stateReason.
+ * Every user-caused failure is a Failure whose message becomes the build's stateReason.
  * On failure `dest` may hold part of the artifact; the caller removes it.
  */
 import { chmod, lstat, open, readdir, realpath, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ArtifactError } from "./artifact-error.js";
+import { Failure } from "../domain/failure.js";
 import { copyDirectory } from "./directory.js";
-import { s3SettingsFromEnv, withS3Object, type S3Settings } from "./s3.js";
+import { s3SettingsFromEnv, type S3Settings } from "../config/s3-settings.js";
+import { withS3Object } from "./s3.js";
 import { unpackTar } from "./tar.js";
 import { ArtifactWriter, defaultMaxUnpackedBytes, describeIoError } from "./unpack.js";
 import { unpackZip } from "./zip.js";
 
-export { ArtifactError } from "./artifact-error.js";
 export { defaultMaxUnpackedBytes } from "./unpack.js";
-export { s3SettingsFromEnv, type S3Settings } from "./s3.js";
 
 export interface FetchCodeArtifactOptions {
   /** Refuse artifacts whose regular files add up to more; Lambda's unzipped limit by default. */
@@ -70,16 +69,16 @@ function fetcherFor(uri: string): Fetcher {
   if (fetcher !== undefined) return fetcher;
   // "localhost:5000/repo:tag" starts like a scheme too; only "://" tells a URI from an image reference.
   if (uri.includes("://")) {
-    throw new ArtifactError(`Code artifact ${uri} has an unsupported scheme; use file:///path, s3://bucket/key or an OCI image reference.`);
+    throw new Failure(`Code artifact ${uri} has an unsupported scheme; use file:///path, s3://bucket/key or an OCI image reference.`);
   }
-  throw new ArtifactError(`Code artifact ${uri} is an OCI image reference, which is not a code archive to lay over a base image.`);
+  throw new Failure(`Code artifact ${uri} is an OCI image reference, which is not a code archive to lay over a base image.`);
 }
 
 async function fetchFile(uri: string, writer: ArtifactWriter): Promise<ArtifactKind> {
   const path = filePath(uri);
   const stats = await stat(path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === "ENOENT" || err.code === "ENOTDIR") throw new ArtifactError(`Code artifact ${uri} does not exist.`);
-    throw new ArtifactError(`Code artifact ${uri} cannot be read: ${describeIoError(err)}.`);
+    if (err.code === "ENOENT" || err.code === "ENOTDIR") throw new Failure(`Code artifact ${uri} does not exist.`);
+    throw new Failure(`Code artifact ${uri} cannot be read: ${describeIoError(err)}.`);
   });
   if (stats.isDirectory()) {
     await copyDirectory(await realpath(path), writer);
@@ -106,7 +105,7 @@ function maxArchiveBytes(maxUnpackedBytes: number): number {
 /** Unpacks the regular file at `path`, a zip or a tar as its first bytes say, through `writer`. */
 async function unpackArchive(path: string, writer: ArtifactWriter): Promise<"zip" | "tar"> {
   const head = await readHead(path).catch((err: unknown) => {
-    throw new ArtifactError(`Code artifact ${writer.uri} cannot be read: ${describeIoError(err)}.`);
+    throw new Failure(`Code artifact ${writer.uri} cannot be read: ${describeIoError(err)}.`);
   });
   switch (archiveFormat(head)) {
     case "zip":
@@ -120,11 +119,11 @@ async function unpackArchive(path: string, writer: ArtifactWriter): Promise<"zip
   }
 }
 
-const notAnArchive = (uri: string) => new ArtifactError(`Code artifact ${uri} is not a directory, a zip or a tar archive.`);
+const notAnArchive = (uri: string) => new Failure(`Code artifact ${uri} is not a directory, a zip or a tar archive.`);
 
 /** The local path of an absolute `file:///` URI, percent-decoded. */
 function filePath(uri: string): string {
-  const notAbsolute = new ArtifactError(`Code artifact ${uri} is not an absolute file URI; write it as file:///absolute/path.`);
+  const notAbsolute = new Failure(`Code artifact ${uri} is not an absolute file URI; write it as file:///absolute/path.`);
   if (!/^file:\/\/\//i.test(uri)) throw notAbsolute;
   let url: URL;
   try {
@@ -133,12 +132,12 @@ function filePath(uri: string): string {
     throw notAbsolute;
   }
   if (url.search !== "" || url.hash !== "") {
-    throw new ArtifactError(`Code artifact ${uri} has a query or fragment; in a file URI, write "?" as %3F and "#" as %23.`);
+    throw new Failure(`Code artifact ${uri} has a query or fragment; in a file URI, write "?" as %3F and "#" as %23.`);
   }
   try {
     return fileURLToPath(url);
   } catch (err) {
-    throw new ArtifactError(`Code artifact ${uri} is not a valid file URI: ${(err as Error).message}.`);
+    throw new Failure(`Code artifact ${uri} is not a valid file URI: ${(err as Error).message}.`);
   }
 }
 
@@ -187,12 +186,12 @@ async function checkBootstrap(writer: ArtifactWriter, kind: ArtifactKind): Promi
     const folder = names.length === 1 ? names[0] : undefined;
     const inFolder = folder !== undefined && (await lstatIfExists(join(writer.dest, folder)))?.isDirectory() === true;
     if (inFolder && (await lstatIfExists(join(writer.dest, folder, "bootstrap"))) !== undefined) {
-      throw new ArtifactError(`Code artifact ${uri} has no bootstrap file at its root, but found ${folder}/bootstrap; ${packTheContents[kind]}.`);
+      throw new Failure(`Code artifact ${uri} has no bootstrap file at its root, but found ${folder}/bootstrap; ${packTheContents[kind]}.`);
     }
-    throw new ArtifactError(`Code artifact ${uri} has no bootstrap file at its root; the application starts from an executable bootstrap.`);
+    throw new Failure(`Code artifact ${uri} has no bootstrap file at its root; the application starts from an executable bootstrap.`);
   }
   if (stats.isDirectory()) {
-    throw new ArtifactError(`Code artifact ${uri} has a directory named bootstrap at its root; the application starts from an executable bootstrap file.`);
+    throw new Failure(`Code artifact ${uri} has a directory named bootstrap at its root; the application starts from an executable bootstrap file.`);
   }
   // Zips made on Windows carry no modes, so bootstrap arrives as 0644; and the application may run
   // as a user who does not own the file. Rather than fail such an artifact, make bootstrap readable

@@ -1,7 +1,7 @@
 import { constants } from "node:fs";
 import { lstat, open, readdir, readlink } from "node:fs/promises";
 import { join } from "node:path";
-import { ArtifactError } from "./artifact-error.js";
+import { Failure } from "../domain/failure.js";
 import { describeIoError, readingFrom, type ArtifactWriter } from "./unpack.js";
 
 /**
@@ -12,7 +12,7 @@ import { describeIoError, readingFrom, type ArtifactWriter } from "./unpack.js";
  */
 export async function copyDirectory(source: string, writer: ArtifactWriter, rel = ""): Promise<void> {
   const unreadable = (name: string) => (err: unknown) =>
-    new ArtifactError(`Code artifact ${writer.uri} cannot be read: ${name === "" ? "the directory" : `"${name}"`}: ${describeIoError(err)}.`);
+    new Failure(`Code artifact ${writer.uri} cannot be read: ${name === "" ? "the directory" : `"${name}"`}: ${describeIoError(err)}.`);
   const names = await readdir(join(source, rel)).catch((err: unknown) => {
     throw unreadable(rel)(err);
   });

@@ -1,6 +1,6 @@
 import { chmod, copyFile, mkdir, rm, stat, unlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { renderAgentConfig, CONFIG_PATH, type AgentConfig } from "../guest/agent-config.js";
+import { renderAgentConfig, CONFIG_PATH, type AgentConfig } from "../agent/config.js";
 import { runCommand } from "../process/run-command.js";
 
 /**

@@ -5,13 +5,16 @@ import { dirname, join } from "node:path";
 import type { Logger } from "pino";
 import type { BaseImages } from "../catalogue/base-images.js";
 import type { SnapshotFiles, VmDriver } from "../drivers/driver.js";
-import type { GuestAssets } from "../guest/assets.js";
-import { callHook, HookFailure, hooksPort } from "../guest/hooks.js";
-import { parseImageArn } from "../operations/identifiers.js";
+import type { GuestAssets } from "../agent/assets.js";
+import { Failure } from "../domain/failure.js";
+import { callHook, hooksPort } from "../hooks/hooks.js";
+import { ImageLifecycle } from "../lifecycle/image-states.js";
+import { parseImageArn } from "../domain/identifiers.js";
 import type { HostPlatform } from "../platform.js";
 import type { BuildRecord, VersionConfig, VersionRecord } from "../store/records.js";
 import type { Store } from "../store/store.js";
-import { ArtifactError, fetchCodeArtifact, type S3Settings } from "./artifact.js";
+import type { S3Settings } from "../config/s3-settings.js";
+import { fetchCodeArtifact } from "./artifact.js";
 import { assembleDisk, stageBaseAndCode, type DiskPlan } from "./disk.js";
 import { fetchOciImage, isOciReference } from "./oci/oci-image.js";
 
@@ -35,6 +38,7 @@ export interface BuildSettled {
 
 export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
   private readonly running = new Map<string, Promise<void>>();
+  /** Builds holding one of the `maxConcurrentBuilds` permits, and those waiting for one. */
   private active = 0;
   private readonly waiting: (() => void)[] = [];
   private readonly shutdown = new AbortController();
@@ -69,7 +73,7 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
 
   start(build: BuildRecord): void {
     if (this.running.has(build.buildId)) return;
-    const work = this.withSlot(() => this.build(build))
+    const work = this.withPermit(() => this.build(build))
       .catch((error: unknown) => this.deps.log.error({ err: error, buildId: build.buildId }, "build crashed"))
       .finally(() => this.running.delete(build.buildId));
     this.running.set(build.buildId, work);
@@ -89,7 +93,7 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
    * FAILED (a build cannot be resumed); queued ones stay PENDING for the next start.
    */
   async close(): Promise<void> {
-    this.shutdown.abort(new BuildError("The build was interrupted: the service shut down."));
+    this.shutdown.abort(new Failure("The build was interrupted: the service shut down."));
     for (const wake of this.waiting.splice(0)) wake();
     await this.idle();
   }
@@ -100,7 +104,7 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
   }
 
   /** At most `maxConcurrentBuilds` at once: each holds a disk's worth of staging and, later, a VM. */
-  private async withSlot(work: () => Promise<void>): Promise<void> {
+  private async withPermit(work: () => Promise<void>): Promise<void> {
     if (this.active >= this.deps.maxConcurrentBuilds) await new Promise<void>((resolve) => this.waiting.push(resolve));
     this.active++;
     try {
@@ -124,10 +128,10 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       outcome = { buildState: "SUCCESSFUL", snapshotBuild: await this.assemble(build, version) };
       buildLog.info({ snapshotBuild: outcome.snapshotBuild }, "build succeeded");
     } catch (error) {
-      const userCaused = error instanceof ArtifactError || error instanceof BuildError || error instanceof HookFailure;
-      const reason = userCaused ? error.message : `Internal error: ${(error as Error).message}`;
+      // The reason goes to clients; what lies beneath (host paths, QEMU's words) only to the log.
+      const failure = Failure.from(error, "The build failed because of an internal error of the service.");
       buildLog.warn({ err: error }, "build failed");
-      outcome = { buildState: "FAILED", stateReason: reason };
+      outcome = { buildState: "FAILED", stateReason: failure.message };
       await rm(join(this.deps.dataDir, "builds", build.buildId), { recursive: true, force: true });
     }
     try {
@@ -141,16 +145,17 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
   private async markInProgress(build: BuildRecord): Promise<void> {
     const now = this.deps.now();
     await this.deps.store.transaction(async (tx) => {
-      await tx.updateBuild(build.buildId, { buildState: "IN_PROGRESS", updatedAt: now });
+      const states = new ImageLifecycle(tx);
+      await states.build(build, "start", { updatedAt: now });
       const version = await tx.findVersion(build.imageId, build.version);
-      if (version?.state === "PENDING") await tx.updateVersion(build.imageId, build.version, { state: "IN_PROGRESS", updatedAt: now });
+      if (version) await states.version(version, "start", { updatedAt: now });
     });
   }
 
   private async assemble(build: BuildRecord, version: VersionRecord) {
     const { platform } = this.deps;
     if (build.architecture !== platform.architecture) {
-      throw new BuildError(`This host (${platform.architecture}) cannot build for ${build.architecture}.`);
+      throw new Failure(`This host (${platform.architecture}) cannot build for ${build.architecture}.`);
     }
     const config = version.config;
     const uri = config.codeArtifact.uri!;
@@ -173,11 +178,11 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
   /** Stages the managed base image with the code under /var/task, started from its `bootstrap`. */
   private async baseAndCode(uri: string, config: VersionConfig, phases: Phases): Promise<DiskPlan["populate"]> {
     const base = parseImageArn(config.baseImageArn);
-    if (!base) throw new BuildError(`The base image ${config.baseImageArn} is not a managed MicroVM image.`);
+    if (!base) throw new Failure(`The base image ${config.baseImageArn} is not a managed MicroVM image.`);
     const baseVersion = config.baseImageVersion ?? "1";
     const baseBuild = await phases.time("baseImage", () =>
       this.deps.baseImages.ensure(base.name, baseVersion).catch((error: Error) => {
-        throw new BuildError(`The base image ${base.name} could not be built: ${error.message}`);
+        throw new Failure(`The base image ${base.name} could not be prepared on this host.`, { cause: error });
       }),
     );
     // ListManagedMicrovmImageVersions shows when this host last built the base image.
@@ -205,7 +210,7 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       const image = await fetchOciImage(reference, root, { credentialsFile: this.deps.registryCredentialsFile });
       const args = [...image.config.entrypoint, ...image.config.cmd];
       if (args.length === 0) {
-        throw new BuildError(`OCI image ${reference} has no entrypoint and no command; give it an ENTRYPOINT or CMD.`);
+        throw new Failure(`OCI image ${reference} has no entrypoint and no command; give it an ENTRYPOINT or CMD.`);
       }
       const environment: Record<string, string> = {};
       for (const pair of image.config.env) {
@@ -257,7 +262,7 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
       // The ready hook's timeout bounds the hook, not the boot before it.
       await this.unlessShutDown(
         vm.whenReady(this.deps.startTimeoutMs).catch((error: Error) => {
-          throw new BuildError(`The application did not start listening on port ${port}: ${error.message}`);
+          throw new Failure(`The application did not start listening on port ${port}: ${error instanceof Failure ? error.message : "its VM did not start"}.`, { cause: error });
         }),
       );
       phases.record("coldBootToReady", performance.now() - started);
@@ -290,30 +295,32 @@ export class ImageBuilder extends EventEmitter<{ settled: [BuildSettled] }> {
     });
   }
 
-  /** Records the build's outcome and, once every build of its version has settled, the version's and the image's. */
+  /**
+   * Records the build's outcome and, once every build of its version has
+   * settled, the version's and the image's. Each through its state table: a
+   * version deleted meanwhile stays deleted, an image no longer building keeps
+   * its state.
+   */
   private async settle(build: BuildRecord, outcome: Pick<BuildRecord, "buildState" | "stateReason" | "snapshotBuild">): Promise<void> {
     const now = this.deps.now();
     await this.deps.store.transaction(async (tx) => {
-      await tx.updateBuild(build.buildId, { ...outcome, updatedAt: now });
+      const states = new ImageLifecycle(tx);
+      const succeeded = outcome.buildState === "SUCCESSFUL";
+      await states.build(build, succeeded ? "succeed" : "fail", {
+        stateReason: outcome.stateReason ?? null,
+        ...(outcome.snapshotBuild ? { snapshotBuild: outcome.snapshotBuild } : {}),
+        updatedAt: now,
+      });
       const builds = (await tx.listBuilds(build.imageId, build.version, { limit: 100 })).items;
       if (builds.some((b) => b.buildState === "PENDING" || b.buildState === "IN_PROGRESS")) return;
       const failed = builds.find((b) => b.buildState === "FAILED");
       const version = await tx.findVersion(build.imageId, build.version);
-      if (!version || version.state === "DELETED" || version.state === "DELETING") return;
-      await tx.updateVersion(build.imageId, build.version, {
-        state: failed ? "FAILED" : "SUCCESSFUL",
-        stateReason: !failed ? undefined : builds.length === 1 ? failed.stateReason : `The ${failed.architecture} build failed: ${failed.stateReason}`,
-        updatedAt: now,
-      });
-      await this.settleImage(tx, build.imageId, !failed, now);
+      if (!version) return;
+      const reason = !failed ? null : builds.length === 1 ? (failed.stateReason ?? null) : `The ${failed.architecture} build failed: ${failed.stateReason}`;
+      if ((await states.version(version, failed ? "fail" : "succeed", { stateReason: reason, updatedAt: now })) !== "moved") return;
+      const image = await tx.findImageById(build.imageId);
+      if (image) await states.image(image, failed ? "failed" : "built", { updatedAt: now });
     });
-  }
-
-  private async settleImage(tx: Store, imageId: string, succeeded: boolean, now: Date): Promise<void> {
-    const image = await tx.findImageById(imageId);
-    if (!image) return;
-    const next = image.state === "CREATING" ? (succeeded ? "CREATED" : "CREATE_FAILED") : image.state === "UPDATING" ? (succeeded ? "UPDATED" : "UPDATE_FAILED") : undefined;
-    if (next) await tx.updateImage(imageId, { state: next, updatedAt: now });
   }
 
   /** On start: builds a previous run left IN_PROGRESS are failed (their work is gone); PENDING ones start. */
@@ -359,6 +366,3 @@ class Phases {
 async function allocatedBytes(path: string): Promise<number> {
   return (await stat(path)).blocks * 512;
 }
-
-/** A build failure whose message is fit for the build's stateReason as it is. */
-export class BuildError extends Error {}

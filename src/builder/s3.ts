@@ -16,74 +16,9 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { GetObjectCommand, S3Client, S3ServiceException, type GetObjectCommandOutput } from "@aws-sdk/client-s3";
-import { ArtifactError } from "./artifact-error.js";
+import { Failure } from "../domain/failure.js";
+import type { S3Settings } from "../config/s3-settings.js";
 import { readingFrom } from "./unpack.js";
-
-/** Where S3 code artifacts come from; the server's, not the caller's. */
-export interface S3Settings {
-  /** An S3-compatible endpoint such as http://127.0.0.1:4569; AWS's endpoint for `region` when absent. */
-  endpoint?: string;
-  region: string;
-  /** http://endpoint/bucket/key rather than http://bucket.endpoint/key; what most S3-compatible stores need. */
-  forcePathStyle: boolean;
-  /** The AWS SDK's default credential chain (environment, profile, instance role) when absent. */
-  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
-}
-
-type Env = Record<string, string | undefined>;
-
-/**
- * Reads MICROVMS_S3_ENDPOINT, MICROVMS_S3_REGION (else AWS_REGION, AWS_DEFAULT_REGION, us-east-1),
- * MICROVMS_S3_FORCE_PATH_STYLE (true by default when an endpoint is set) and
- * MICROVMS_S3_ACCESS_KEY_ID / MICROVMS_S3_SECRET_ACCESS_KEY / MICROVMS_S3_SESSION_TOKEN. Throws on
- * a setting that cannot work, without repeating values that may hold secrets.
- */
-export function s3SettingsFromEnv(env: Env = process.env): S3Settings {
-  const value = (name: string) => {
-    const text = env[name]?.trim();
-    return text === "" ? undefined : text;
-  };
-  const endpoint = value("MICROVMS_S3_ENDPOINT");
-  if (endpoint !== undefined) {
-    let url: URL;
-    try {
-      url = new URL(endpoint);
-    } catch {
-      throw new Error("MICROVMS_S3_ENDPOINT must be an http:// or https:// URL");
-    }
-    if (url.protocol !== "http:" && url.protocol !== "https:") {
-      throw new Error("MICROVMS_S3_ENDPOINT must be an http:// or https:// URL");
-    }
-    if (url.username !== "" || url.password !== "") {
-      throw new Error("MICROVMS_S3_ENDPOINT must not hold credentials; set MICROVMS_S3_ACCESS_KEY_ID and MICROVMS_S3_SECRET_ACCESS_KEY");
-    }
-  }
-  const region = value("MICROVMS_S3_REGION") ?? value("AWS_REGION") ?? value("AWS_DEFAULT_REGION") ?? "us-east-1";
-
-  const pathStyle = value("MICROVMS_S3_FORCE_PATH_STYLE")?.toLowerCase();
-  let forcePathStyle: boolean;
-  if (pathStyle === undefined) forcePathStyle = endpoint !== undefined;
-  else if (pathStyle === "true" || pathStyle === "1") forcePathStyle = true;
-  else if (pathStyle === "false" || pathStyle === "0") forcePathStyle = false;
-  else throw new Error(`MICROVMS_S3_FORCE_PATH_STYLE must be true or false, got '${pathStyle}'`);
-
-  const accessKeyId = value("MICROVMS_S3_ACCESS_KEY_ID");
-  const secretAccessKey = value("MICROVMS_S3_SECRET_ACCESS_KEY");
-  const sessionToken = value("MICROVMS_S3_SESSION_TOKEN");
-  if ((accessKeyId === undefined) !== (secretAccessKey === undefined)) {
-    throw new Error("MICROVMS_S3_ACCESS_KEY_ID and MICROVMS_S3_SECRET_ACCESS_KEY must be set together");
-  }
-  if (sessionToken !== undefined && accessKeyId === undefined) {
-    throw new Error("MICROVMS_S3_SESSION_TOKEN needs MICROVMS_S3_ACCESS_KEY_ID and MICROVMS_S3_SECRET_ACCESS_KEY");
-  }
-
-  const settings: S3Settings = { region, forcePathStyle };
-  if (endpoint !== undefined) settings.endpoint = endpoint;
-  if (accessKeyId !== undefined && secretAccessKey !== undefined) {
-    settings.credentials = { accessKeyId, secretAccessKey, ...(sessionToken === undefined ? {} : { sessionToken }) };
-  }
-  return settings;
-}
 
 export interface S3ObjectLocation {
   bucket: string;
@@ -99,30 +34,30 @@ export interface S3ObjectLocation {
  */
 export function parseS3Uri(uri: string): S3ObjectLocation {
   const match = /^s3:\/\/([^/?]*)(?:\/([^?]*))?(?:\?(.*))?$/is.exec(uri);
-  if (match === null) throw new ArtifactError(`Code artifact ${uri} is not an S3 URI; write it as s3://bucket/key.`);
+  if (match === null) throw new Failure(`Code artifact ${uri} is not an S3 URI; write it as s3://bucket/key.`);
   const [, bucket = "", rawKey = "", query] = match;
-  if (bucket === "") throw new ArtifactError(`Code artifact ${uri} names no bucket; write it as s3://bucket/key.`);
+  if (bucket === "") throw new Failure(`Code artifact ${uri} names no bucket; write it as s3://bucket/key.`);
   if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
-    throw new ArtifactError(
+    throw new Failure(
       `Code artifact ${uri} has an invalid bucket name "${bucket}"; a bucket name is 3 to 63 lowercase letters, ` +
         `digits, dots and hyphens, beginning and ending with a letter or digit.`,
     );
   }
   if (rawKey === "") {
-    throw new ArtifactError(`Code artifact ${uri} names no object in bucket ${bucket}; write it as s3://bucket/key.`);
+    throw new Failure(`Code artifact ${uri} names no object in bucket ${bucket}; write it as s3://bucket/key.`);
   }
   const key = percentDecode(uri, rawKey);
   if (key.endsWith("/")) {
-    throw new ArtifactError(`Code artifact ${uri} names a folder; an S3 code artifact is a zip or tar object, so give its key.`);
+    throw new Failure(`Code artifact ${uri} names a folder; an S3 code artifact is a zip or tar object, so give its key.`);
   }
-  if (Buffer.byteLength(key) > 1024) throw new ArtifactError(`Code artifact ${uri} has a key longer than S3's 1024 bytes.`);
+  if (Buffer.byteLength(key) > 1024) throw new Failure(`Code artifact ${uri} has a key longer than S3's 1024 bytes.`);
 
   const location: S3ObjectLocation = { bucket, key };
   if (query !== undefined) {
     const params = [...new URLSearchParams(query)];
     const [param] = params;
     if (params.length !== 1 || param?.[0] !== "versionId" || param[1] === "") {
-      throw new ArtifactError(`Code artifact ${uri} has a query other than ?versionId=...; in an S3 key, write "?" as %3F.`);
+      throw new Failure(`Code artifact ${uri} has a query other than ?versionId=...; in an S3 key, write "?" as %3F.`);
     }
     location.versionId = param[1];
   }
@@ -134,7 +69,7 @@ function percentDecode(uri: string, text: string): string {
     try {
       return decodeURIComponent(escapes);
     } catch {
-      throw new ArtifactError(`Code artifact ${uri} has percent-escapes "${escapes}" that are not UTF-8.`);
+      throw new Failure(`Code artifact ${uri} has percent-escapes "${escapes}" that are not UTF-8.`);
     }
   });
 }
@@ -188,13 +123,13 @@ async function download(request: Download, path: string): Promise<void> {
     const body = response.Body;
     if (!(body instanceof Readable)) throw new Error(`GetObject returned a body that is not a Node.js stream for ${uri}`);
     const tooLarge = () =>
-      new ArtifactError(`Code artifact ${uri} is larger than ${maxObjectBytes} bytes, the limit for the size of a code artifact's archive.`);
+      new Failure(`Code artifact ${uri} is larger than ${maxObjectBytes} bytes, the limit for the size of a code artifact's archive.`);
     if (response.ContentLength !== undefined && response.ContentLength > maxObjectBytes) {
       body.destroy();
       throw tooLarge();
     }
     const interrupted = (err: unknown) =>
-      new ArtifactError(
+      new Failure(
         `Code artifact ${uri} could not be downloaded from the S3 endpoint ${endpointOf(settings)}: ${describeNetworkError(err)}.`,
       );
     // Errors reading the body are the download's; errors writing the file (a full disk) are ours.
@@ -205,7 +140,7 @@ async function download(request: Download, path: string): Promise<void> {
   }
 }
 
-async function* capped(source: AsyncIterable<Buffer>, maxBytes: number, tooLarge: () => ArtifactError): AsyncIterable<Buffer> {
+async function* capped(source: AsyncIterable<Buffer>, maxBytes: number, tooLarge: () => Failure): AsyncIterable<Buffer> {
   let bytes = 0;
   for await (const chunk of source) {
     bytes += chunk.length;
@@ -238,17 +173,17 @@ const networkReasons: Record<string, string> = {
 };
 
 /**
- * The ArtifactError for a failed GetObject. Messages name the object and the endpoint, never the
+ * The Failure for a failed GetObject. Messages name the object and the endpoint, never the
  * credentials, and never repeat S3's own message, which for AccessDenied names the server's principal.
  */
 function describeS3Error({ uri, location, settings }: Download, err: unknown): Error {
   const endpoint = endpointOf(settings);
-  const cannotFetch = (why: string) => new ArtifactError(`Code artifact ${uri} cannot be fetched: ${why}.`);
+  const cannotFetch = (why: string) => new Failure(`Code artifact ${uri} cannot be fetched: ${why}.`);
   if (err instanceof S3ServiceException) {
     const code = err.name;
     const status = err.$metadata.httpStatusCode;
-    if (code === "NoSuchKey" || code === "NotFound") return new ArtifactError(`Code artifact ${uri} does not exist.`);
-    if (code === "NoSuchVersion") return new ArtifactError(`Code artifact ${uri} does not exist: the object has no version ${location.versionId}.`);
+    if (code === "NoSuchKey" || code === "NotFound") return new Failure(`Code artifact ${uri} does not exist.`);
+    if (code === "NoSuchVersion") return new Failure(`Code artifact ${uri} does not exist: the object has no version ${location.versionId}.`);
     if (code === "NoSuchBucket") return cannotFetch(`bucket ${location.bucket} does not exist at the S3 endpoint ${endpoint}`);
     if (deniedCodes.has(code) || status === 403) {
       return cannotFetch(

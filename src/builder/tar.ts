@@ -1,6 +1,6 @@
 import { createReadStream } from "node:fs";
 import { Parser, type ReadEntry } from "tar";
-import { ArtifactError } from "./artifact-error.js";
+import { Failure } from "../domain/failure.js";
 import { describeIoError, readingFrom, type ArtifactWriter } from "./unpack.js";
 
 /**
@@ -14,7 +14,7 @@ import { describeIoError, readingFrom, type ArtifactWriter } from "./unpack.js";
  */
 export async function unpackTar(path: string, writer: ArtifactWriter): Promise<void> {
   const invalid = (err: unknown) =>
-    new ArtifactError(`Code artifact ${writer.uri} is not a valid tar archive: ${err instanceof Error ? err.message : String(err)}`);
+    new Failure(`Code artifact ${writer.uri} is not a valid tar archive: ${err instanceof Error ? err.message : String(err)}`);
   const source = createReadStream(path);
   const parser = new Parser({ strict: true });
   const entries = new EntryQueue();
@@ -22,7 +22,7 @@ export async function unpackTar(path: string, writer: ArtifactWriter): Promise<v
   parser.on("ignoredEntry", (entry: ReadEntry) => entries.push(entry));
   parser.on("end", () => entries.end());
   parser.on("error", (err: unknown) => entries.fail(invalid(err)));
-  source.on("error", (err) => entries.fail(new ArtifactError(`Code artifact ${writer.uri} cannot be read: ${describeIoError(err)}.`)));
+  source.on("error", (err) => entries.fail(new Failure(`Code artifact ${writer.uri} cannot be read: ${describeIoError(err)}.`)));
   source.pipe(parser);
   try {
     for (;;) {
@@ -55,7 +55,7 @@ async function unpackEntry(entry: ReadEntry, writer: ArtifactWriter, content: As
     case "FIFO":
       return;
     default:
-      throw new ArtifactError(`Code artifact ${writer.uri} has an entry "${entry.path}" of type ${entry.type}, which cannot be unpacked.`);
+      throw new Failure(`Code artifact ${writer.uri} has an entry "${entry.path}" of type ${entry.type}, which cannot be unpacked.`);
   }
 }
 
@@ -66,9 +66,9 @@ async function unpackEntry(entry: ReadEntry, writer: ArtifactWriter, content: As
 class EntryQueue {
   readonly #queue: ReadEntry[] = [];
   #done = false;
-  #failure: ArtifactError | undefined;
+  #failure: Failure | undefined;
   #wake: (() => void) | undefined;
-  #reject: (err: ArtifactError) => void = () => {};
+  #reject: (err: Failure) => void = () => {};
   readonly failed = new Promise<never>((_, reject) => (this.#reject = reject));
 
   constructor() {
@@ -86,7 +86,7 @@ class EntryQueue {
     this.#wake?.();
   }
 
-  fail(err: ArtifactError): void {
+  fail(err: Failure): void {
     if (this.#failure !== undefined) return;
     this.#failure = err;
     this.#done = true;

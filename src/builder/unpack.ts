@@ -2,7 +2,7 @@ import { constants } from "node:fs";
 import { chmod, link, lstat, mkdir, open, symlink, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
-import { ArtifactError } from "./artifact-error.js";
+import { Failure } from "../domain/failure.js";
 
 /** Lambda's limit on a function's unzipped deployment package, which we keep for code artifacts. */
 export const defaultMaxUnpackedBytes = 262_144_000;
@@ -64,7 +64,7 @@ export class ArtifactWriter {
   async symlink(name: string, target: string): Promise<void> {
     const rel = this.#requireName(name);
     if (target === "" || target.includes("\0")) {
-      throw new ArtifactError(`Code artifact ${this.uri} has a symbolic link "${name}" with an invalid target.`);
+      throw new Failure(`Code artifact ${this.uri} has a symbolic link "${name}" with an invalid target.`);
     }
     await this.#prepare(name, rel, "link");
     await symlink(target, join(this.dest, rel));
@@ -95,7 +95,7 @@ export class ArtifactWriter {
 
   #requireName(name: string): string {
     const rel = this.#entryPath(name);
-    if (rel === "") throw new ArtifactError(`Code artifact ${this.uri} has an entry with an empty name.`);
+    if (rel === "") throw new Failure(`Code artifact ${this.uri} has an entry with an empty name.`);
     return rel;
   }
 
@@ -117,7 +117,7 @@ export class ArtifactWriter {
         this.#directories.add(rel);
         return;
       }
-      throw new ArtifactError(`Code artifact ${this.uri} has an entry "${name}" that would replace a directory of the same name.`);
+      throw new Failure(`Code artifact ${this.uri} has an entry "${name}" that would replace a directory of the same name.`);
     }
     if (existing !== undefined) await unlink(path);
     if (kind === "directory") await this.#makeDirectory(rel);
@@ -133,12 +133,12 @@ export class ArtifactWriter {
       await this.#makeDirectory(rel);
       this.#directoryModes.set(rel, 0o755);
     } else if (stats.isSymbolicLink()) {
-      throw new ArtifactError(
+      throw new Failure(
         `Code artifact ${this.uri} has an entry "${name}" that would be written through the symbolic link "${rel}"; ` +
           `entries may not be placed beneath a symbolic link.`,
       );
     } else if (!stats.isDirectory()) {
-      throw new ArtifactError(`Code artifact ${this.uri} has an entry "${name}" beneath "${rel}", which is not a directory.`);
+      throw new Failure(`Code artifact ${this.uri} has an entry "${name}" beneath "${rel}", which is not a directory.`);
     } else {
       this.#directories.add(rel);
     }
@@ -157,15 +157,15 @@ export class ArtifactWriter {
     }
   }
 
-  #tooLarge(): ArtifactError {
-    return new ArtifactError(
+  #tooLarge(): Failure {
+    return new Failure(
       `Code artifact ${this.uri} is larger than ${this.maxUnpackedBytes} bytes when unpacked, ` +
         `the limit for the unpacked size of a code artifact.`,
     );
   }
 
-  #badHardlink(name: string, existing: string): ArtifactError {
-    return new ArtifactError(
+  #badHardlink(name: string, existing: string): Failure {
+    return new Failure(
       `Code artifact ${this.uri} has a hard link "${name}" to "${existing}", which is not a file earlier in the archive.`,
     );
   }
@@ -173,13 +173,13 @@ export class ArtifactWriter {
 
 /**
  * Passes `source` through, turning its errors (a corrupt archive, an unreadable file) into the
- * ArtifactError `describe` makes, so they are not mistaken for failures writing to dest.
+ * Failure `describe` makes, so they are not mistaken for failures writing to dest.
  */
-export async function* readingFrom(source: AsyncIterable<Buffer>, describe: (err: unknown) => ArtifactError): AsyncIterable<Buffer> {
+export async function* readingFrom(source: AsyncIterable<Buffer>, describe: (err: unknown) => Failure): AsyncIterable<Buffer> {
   try {
     for await (const chunk of source) yield chunk;
   } catch (err) {
-    throw err instanceof ArtifactError ? err : describe(err);
+    throw err instanceof Failure ? err : describe(err);
   }
 }
 
@@ -196,7 +196,7 @@ export function describeIoError(err: unknown): string {
 export function entryPath(uri: string, name: string): string {
   const parts = name.split("/").filter((part) => part !== "" && part !== ".");
   if (name.includes("\0") || name.startsWith("/") || /^[A-Za-z]:/.test(name) || parts.includes("..")) {
-    throw new ArtifactError(
+    throw new Failure(
       `Code artifact ${uri} has an entry "${name}" that would be written outside the artifact; ` +
         `entry paths must be relative and must not contain "..".`,
     );

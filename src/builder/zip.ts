@@ -1,5 +1,5 @@
 import yauzl from "yauzl";
-import { ArtifactError } from "./artifact-error.js";
+import { Failure } from "../domain/failure.js";
 import { readingFrom, type ArtifactWriter } from "./unpack.js";
 
 const S_IFMT = 0o170000;
@@ -16,7 +16,7 @@ const maxLinkTarget = 4096;
  */
 export async function unpackZip(path: string, writer: ArtifactWriter): Promise<void> {
   const invalid = (err: unknown) =>
-    new ArtifactError(`Code artifact ${writer.uri} is not a valid zip archive: ${err instanceof Error ? err.message : String(err)}`);
+    new Failure(`Code artifact ${writer.uri} is not a valid zip archive: ${err instanceof Error ? err.message : String(err)}`);
   // Names are decoded and checked here rather than by yauzl, so that a bad name gets the same
   // message as in a tar.
   const zip = await yauzl.openPromise(path, { lazyEntries: true, decodeStrings: false, validateEntrySizes: true }).catch((err: unknown) => {
@@ -41,7 +41,7 @@ async function unpackEntry(
   zip: yauzl.ZipFile,
   entry: yauzl.Entry,
   writer: ArtifactWriter,
-  invalid: (err: unknown) => ArtifactError,
+  invalid: (err: unknown) => Failure,
 ): Promise<void> {
   const name = yauzl.getFileNameLowLevel(entry.generalPurposeBitFlag, entry.fileNameRaw, entry.extraFields, false);
   const mode = entry.externalFileAttributes >>> 16;
@@ -51,10 +51,10 @@ async function unpackEntry(
   if (name.endsWith("/") || type === S_IFDIR) return writer.directory(name, permissions || 0o755);
   if (type !== 0 && type !== S_IFREG && type !== S_IFLNK) return;
   if (entry.isEncrypted()) {
-    throw new ArtifactError(`Code artifact ${writer.uri} has an encrypted entry "${name}"; encrypted zips cannot be unpacked.`);
+    throw new Failure(`Code artifact ${writer.uri} has an encrypted entry "${name}"; encrypted zips cannot be unpacked.`);
   }
   if (!entry.canDecodeFileData()) {
-    throw new ArtifactError(
+    throw new Failure(
       `Code artifact ${writer.uri} has an entry "${name}" compressed with method ${entry.compressionMethod}; ` +
         `only stored and deflated entries can be unpacked.`,
     );

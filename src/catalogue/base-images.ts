@@ -3,7 +3,7 @@ import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promise
 import { join, resolve, sep } from "node:path";
 import type { Logger } from "pino";
 import { withLockFile } from "./lock-file.js";
-import { findManagedImage, managedImages } from "./managed-images.js";
+import { findManagedImage, managedImages } from "./catalogue.js";
 import { findRecipe, type BaseImageRecipe, type RecipeContext } from "./recipes.js";
 import { runCommand } from "../process/run-command.js";
 

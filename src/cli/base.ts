@@ -2,8 +2,8 @@ import { join } from "node:path";
 import { Command } from "commander";
 import { pino } from "pino";
 import { BaseImages } from "../catalogue/base-images.js";
-import { findManagedImage, managedImages } from "../catalogue/managed-images.js";
-import { resolveConfig } from "../config.js";
+import { findManagedImage, managedImages } from "../catalogue/catalogue.js";
+import { resolveConfig } from "../config/config.js";
 
 /** `microvms base build|list`: the managed base images' root filesystems, built ahead of first use. */
 

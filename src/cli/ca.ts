@@ -1,5 +1,5 @@
 import { Command } from "commander";
-import { resolveConfig } from "../config.js";
+import { resolveConfig } from "../config/config.js";
 import { authorityDir, loadOrCreateAuthority } from "../tls/certificate-authority.js";
 
 /** `microvms ca`: the certificate of the local CA that signs the endpoints' HTTPS certificate, for clients to trust. */

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { Command } from "commander";
-import { resolveConfig, defaultDataDir } from "../config.js";
+import { resolveConfig, defaultDataDir } from "../config/config.js";
 import { startServer } from "../server.js";
 import { baseCommand } from "./base.js";
 import { caCommand } from "./ca.js";

@@ -2,10 +2,10 @@ import { join } from "node:path";
 import { Command } from "commander";
 import { pino } from "pino";
 import { BaseImages } from "../catalogue/base-images.js";
-import { managedImages } from "../catalogue/managed-images.js";
-import { resolveConfig } from "../config.js";
+import { managedImages } from "../catalogue/catalogue.js";
+import { resolveConfig } from "../config/config.js";
 import { chooseAcceleration, qemuVersion } from "../drivers/qemu/acceleration.js";
-import { guestAssets } from "../guest/assets.js";
+import { guestAssets } from "../agent/assets.js";
 
 /**
  * `microvms status`: what `serve` would run MicroVMs with on this host, without

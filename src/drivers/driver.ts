@@ -2,12 +2,56 @@
  * A VM driver starts, snapshots, restores and stops virtual machines; the
  * engine decides which and when. The first driver is QEMU (src/drivers/qemu);
  * the interface keeps to what a Firecracker driver could do as well: a kernel,
- * an initramfs, one root disk, guest memory in a file, user-mode networking
- * with loopback forwards, and the agent's channel.
+ * an initramfs, one root disk (or a copy-on-write overlay of one), guest memory
+ * in a file, user-mode networking with loopback forwards, and the agent's channel.
  *
- *   start(spec with memory.share) ─► app ready ─► snapshot(statePath) ─► stop
- *   restore(spec with the same memory file, not shared, + statePath) ─► running where the snapshot left off
+ * A Vm is a small state machine, and each of its actions is legal in some of
+ * its states only (the table `legalIn`); an action out of order is a
+ * VmActionNotLegal, never a half-done change:
+ *
+ *   driver.start / driver.restore / driver.adopt ─► running
+ *   running ──snapshot──► saved (paused, state on disk: it must never run again) ──stop──► stopped
+ *   running ──stop──► stopped        any state ──the process ends──► stopped
+ *   running, saved ──detach──► detached (left running for the next server to adopt)
+ *
+ * Failures of the driver itself are VmErrors: their messages hold host detail
+ * (paths, QEMU's words) for the log, never for a client.
  */
+export type VmState = "running" | "saved" | "detached" | "stopped";
+
+export type VmAction = "forward" | "whenReady" | "snapshot" | "detach" | "stop";
+
+/** Where each action is legal. `stop` of a stopped VM answers how it ended. */
+export const legalIn: Record<VmAction, readonly VmState[]> = {
+  forward: ["running"],
+  whenReady: ["running"],
+  snapshot: ["running"],
+  detach: ["running", "saved"],
+  stop: ["running", "saved", "stopped"],
+};
+
+/** An action asked of a VM in a state where it is not legal (Firecracker's OperationNotSupported). */
+export class VmActionNotLegal extends Error {
+  override name = "VmActionNotLegal";
+
+  constructor(
+    readonly vm: string,
+    readonly action: VmAction,
+    readonly state: VmState,
+  ) {
+    super(`VM ${vm}: ${action} is not legal while it is ${state} (legal while ${legalIn[action].join(", ")})`);
+  }
+}
+
+/** Throws VmActionNotLegal unless `action` is legal in `state`. */
+export function checkLegal(vm: string, action: VmAction, state: VmState): void {
+  if (!legalIn[action].includes(state)) throw new VmActionNotLegal(vm, action, state);
+}
+
+/** The driver failed to do what was asked (start, restore, snapshot, forward); `cause` holds what lies beneath. */
+export class VmError extends Error {
+  override name = "VmError";
+}
 export interface VmSpec {
   /** Names the VM in logs: a MicroVM id or a build id. */
   name: string;
@@ -15,8 +59,12 @@ export interface VmSpec {
   runDir: string;
   kernel: string;
   initrd: string;
-  /** The root disk: raw, or a qcow2 overlay on the image's disk. */
-  disk: { path: string; format: "raw" | "qcow2" };
+  /**
+   * The root disk: a raw image the VM writes to, or a qcow2 overlay over one.
+   * With `backing`, the driver makes a fresh overlay at `path` over it (a run);
+   * without, `path` is an overlay made before (a resume).
+   */
+  disk: { path: string; format: "raw" } | { path: string; format: "qcow2"; backing?: string };
   memoryMiB: number;
   /**
    * Guest RAM as a file. Shared while a snapshot is built (the file then holds
@@ -52,11 +100,13 @@ export interface SnapshotFiles {
 
 export interface Vm {
   readonly name: string;
+  /** Where the VM is in its state machine (see above). */
+  readonly state: VmState;
   /** The VM's process id, for adoption and accounting. */
   readonly pid: number;
   /** Settles when the VM is gone, whatever the reason. Never rejects. */
   readonly exited: Promise<VmExit>;
-  /** Settles when the application listens on its readiness port; rejects if the VM ends first or `timeoutMs` passes. */
+  /** Settles when the application listens on its readiness port; rejects with a Failure (words fit for a client) if the VM ends first or `timeoutMs` passes. */
   whenReady(timeoutMs: number): Promise<void>;
   /** Everything the agent reports, in order. Output from before the call is not replayed. */
   onAgentEvent(listener: (event: AgentEvent) => void): void;
@@ -71,7 +121,10 @@ export interface Vm {
   snapshot(statePath: string, options?: { withMemory?: boolean }): Promise<void>;
   /** Lets go of the VM without stopping it (the server stops; the next one adopts it). */
   detach(): void;
-  /** Stops the VM: the agent powers it off, or after `graceMs` it is killed. Resolves once the process is gone. */
+  /**
+   * Stops the VM: the agent powers it off, or after `graceMs` it is killed (a
+   * saved VM at once: it must not run on). Resolves once the process is gone.
+   */
   stop(graceMs?: number): Promise<VmExit>;
 }
 
@@ -82,8 +135,9 @@ export interface VmDriver {
   start(spec: VmSpec): Promise<Vm>;
   /**
    * Starts a VM from a snapshot: `spec.memory` names the snapshot's memory file
-   * (mapped privately) and `spec.disk` a private copy of its disk. Returns once
-   * the guest runs again, with its clock corrected and fresh entropy.
+   * (mapped privately) and `spec.disk` an overlay of its disk. Returns once the
+   * guest runs again, with its clock corrected and fresh entropy. On failure
+   * nothing is left running, and an error of the cleanup joins the first one.
    */
   restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string, options?: { memoryInState?: boolean }): Promise<Vm>;
   /** Takes over a VM that a previous run of the server started in `runDir`; undefined when it is gone. */

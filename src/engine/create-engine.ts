@@ -2,14 +2,14 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { ImageBuilder } from "../builder/image-builder.js";
 import { BaseImages } from "../catalogue/base-images.js";
-import type { ServerConfig } from "../config.js";
+import type { ServerConfig } from "../config/config.js";
 import { chooseAcceleration, qemuVersion } from "../drivers/qemu/acceleration.js";
 import { QemuDriver } from "../drivers/qemu/qemu-driver.js";
-import { guestAssets } from "../guest/assets.js";
+import { guestAssets } from "../agent/assets.js";
 import type { HostPlatform } from "../platform.js";
 import type { Store } from "../store/store.js";
 import type { Engine } from "./engine.js";
-import type { MicrovmLifecycle } from "./lifecycle.js";
+import type { MicrovmLifecycle } from "../lifecycle/microvm-states.js";
 import { NoDriverEngine } from "./no-driver-engine.js";
 import { VmEngine } from "./vm-engine.js";
 
@@ -66,6 +66,5 @@ export async function createEngine(deps: {
     platform: deps.platform,
     dataDir: config.dataDir,
     log,
-    now: deps.now,
   });
 }

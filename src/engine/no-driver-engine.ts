@@ -1,9 +1,9 @@
 import type { Logger } from "pino";
 import type { BuildRecord, MicrovmRecord } from "../store/records.js";
 import type { Store } from "../store/store.js";
-import { TargetUnavailable } from "../proxy/targets.js";
+import { TargetUnavailable, type EndpointTargets } from "./endpoint-targets.js";
 import type { Engine } from "./engine.js";
-import type { MicrovmLifecycle } from "./lifecycle.js";
+import type { MicrovmLifecycle } from "../lifecycle/microvm-states.js";
 
 /**
  * The engine of a server with no VM driver. It does not pretend: a MicroVM it
@@ -43,15 +43,16 @@ export class NoDriverEngine implements Engine {
     this.log.info({ buildId: build.buildId }, "no VM driver: build stays PENDING");
   }
 
-  async connect(microvmId: string): Promise<never> {
-    throw new TargetUnavailable(microvmId, `MicroVM ${microvmId} has no VM: this server runs without a VM driver.`);
-  }
-
-  async wake(microvm: MicrovmRecord): Promise<never> {
-    throw new TargetUnavailable(microvm.microvmId, `MicroVM ${microvm.microvmId} has no VM: this server runs without a VM driver.`);
-  }
-
-  activity(): void {}
+  readonly targets: EndpointTargets = {
+    findMicrovm: (owner, microvmId) => this.store.findMicrovm(owner, microvmId),
+    connect: async (microvmId) => {
+      throw new TargetUnavailable(microvmId, `MicroVM ${microvmId} has no VM: this server runs without a VM driver.`);
+    },
+    wake: async (microvm) => {
+      throw new TargetUnavailable(microvm.microvmId, `MicroVM ${microvm.microvmId} has no VM: this server runs without a VM driver.`);
+    },
+    activity: () => {},
+  };
 
   versionsDeleted(): void {} // no builds, no files
 

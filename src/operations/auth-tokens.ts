@@ -1,4 +1,4 @@
-import { validation } from "../api/errors.js";
+import { validation } from "../domain/service-errors.js";
 import type { PortSpecification } from "../api/generated/types.js";
 import type { MicrovmRecord } from "../store/records.js";
 import type { PortScope, TokenClaims } from "../tokens/endpoint-token.js";

@@ -1,9 +1,9 @@
 import type { MicrovmImageBuildSummary } from "../api/generated/types.js";
-import { notFound } from "../api/errors.js";
+import { notFound } from "../domain/service-errors.js";
 import type { BuildRecord, ImageRecord } from "../store/records.js";
 import { buildCursor } from "../store/store.js";
 import type { OperationHandlers, Services } from "./context.js";
-import { imageArn } from "./identifiers.js";
+import { imageArn } from "../domain/identifiers.js";
 import { DEFAULT_MAX_RESULTS, listResponse, listScope } from "./pagination.js";
 import { resolveImage, resolveVersion } from "./resolve.js";
 

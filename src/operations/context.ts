@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { OperationName, Operations } from "../api/generated/types.js";
 import type { Engine } from "../engine/engine.js";
-import type { MicrovmLifecycle } from "../engine/lifecycle.js";
+import type { MicrovmLifecycle } from "../lifecycle/microvm-states.js";
 import type { Store } from "../store/store.js";
 import type { Owner } from "../store/records.js";
 import type { TokenAuthority } from "../tokens/endpoint-token.js";

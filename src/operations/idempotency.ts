@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { ServiceError } from "../api/errors.js";
+import { ServiceError } from "../domain/service-errors.js";
 import type { Store } from "../store/store.js";
 import type { Owner } from "../store/records.js";
 

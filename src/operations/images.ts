@@ -6,13 +6,14 @@ import type {
   MicrovmImageSummary,
   UpdateMicrovmImageRequest,
 } from "../api/generated/types.js";
-import { conflict, notFound, validation } from "../api/errors.js";
-import { findManagedImage } from "../catalogue/managed-images.js";
+import { conflict, notFound, validation } from "../domain/service-errors.js";
+import { forbidden, ImageLifecycle, imageStates } from "../lifecycle/image-states.js";
+import { findManagedImage } from "../catalogue/catalogue.js";
 import type { HostPlatform } from "../platform.js";
 import type { BuildRecord, ImageRecord, Owner, VersionConfig, VersionRecord } from "../store/records.js";
 import { imageCursor, type Store } from "../store/store.js";
 import type { OperationHandlers, Services } from "./context.js";
-import { imageArn, imageNameOf, managedImageArn, newBuildId, newImageId, parseImageArn } from "./identifiers.js";
+import { imageArn, imageNameOf, managedImageArn, newBuildId, newImageId, parseImageArn } from "../domain/identifiers.js";
 import { oncePerClientToken } from "./idempotency.js";
 import { DEFAULT_MAX_RESULTS, listResponse, listScope } from "./pagination.js";
 import { resolveImage } from "./resolve.js";
@@ -217,7 +218,9 @@ export function imageHandlers(services: Services): Pick<
       const { result } = await oncePerClientToken(store, owner, "UpdateMicrovmImage", input, now, async (tx) => {
         const image = await resolveImage(tx, owner, input.imageIdentifier);
         const added = await addVersion(tx, services, image, config, now);
-        await tx.updateImage(image.imageId, { state: "UPDATING", updatedAt: now });
+        if ((await new ImageLifecycle(tx).image(image, "update", { updatedAt: now })) === "forbidden") {
+          forbidden(imageStates, "update", { type: "MicrovmImage", id: image.name, what: `MicroVM image ${image.name}`, state: image.state }, "UpdateMicrovmImage");
+        }
         builds = added.builds;
         return imageWithVersion({ ...image, state: "UPDATING", updatedAt: now }, added.version);
       });
@@ -260,7 +263,7 @@ export function imageHandlers(services: Services): Pick<
         }
         await refuseWhileBuilding(tx, image, undefined);
         freed = { imageId: image.imageId, versions: await markVersionsDeleted(tx, image, now) };
-        await tx.updateImage(image.imageId, { state: "DELETED", deletedAt: now, updatedAt: now });
+        await new ImageLifecycle(tx).image(image, "delete", { deletedAt: now, updatedAt: now });
         return { imageIdentifier: input.imageIdentifier, state: "DELETED" as const };
       });
       if (freed) engine.versionsDeleted(freed.imageId, freed.versions);
@@ -289,7 +292,7 @@ async function markVersionsDeleted(store: Store, image: ImageRecord, now: Date):
   for (;;) {
     const page = await store.listVersions(image.imageId, { after, limit: 100 });
     for (const v of page.items) {
-      await store.updateVersion(image.imageId, v.version, { state: "DELETED", updatedAt: now });
+      await new ImageLifecycle(store).version(v, "delete", { updatedAt: now });
       deleted.push(v.version);
     }
     const last = page.items[page.items.length - 1];

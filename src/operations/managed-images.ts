@@ -1,8 +1,8 @@
-import { notFound } from "../api/errors.js";
-import { findManagedImage, managedImages } from "../catalogue/managed-images.js";
+import { notFound } from "../domain/service-errors.js";
+import { findManagedImage, managedImages } from "../catalogue/catalogue.js";
 import type { ManagedImageVersionRecord } from "../store/records.js";
 import type { OperationHandlers, Services } from "./context.js";
-import { managedImageArn, parseImageArn } from "./identifiers.js";
+import { managedImageArn, parseImageArn } from "../domain/identifiers.js";
 import { DEFAULT_MAX_RESULTS, listScope } from "./pagination.js";
 
 /** The catalogue of managed base images: ListManagedMicrovmImages, ListManagedMicrovmImageVersions. */

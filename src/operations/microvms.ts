@@ -1,9 +1,10 @@
 import type { GetMicrovmResponse } from "../api/generated/types.js";
-import { conflict, notFound, ServiceError } from "../api/errors.js";
+import { conflict, notFound, ServiceError } from "../domain/service-errors.js";
 import type { ImageRecord, MicrovmRecord, Owner, VersionRecord } from "../store/records.js";
+import { microvmState } from "../lifecycle/microvm-states.js";
 import { microvmCursor, type Store } from "../store/store.js";
 import type { OperationHandlers, Services } from "./context.js";
-import { imageArn, newMicrovmId, parseVersion } from "./identifiers.js";
+import { imageArn, newMicrovmId, parseVersion } from "../domain/identifiers.js";
 import { oncePerClientToken } from "./idempotency.js";
 import { checkConnectors, EGRESS_CONNECTORS, INGRESS_CONNECTORS } from "./images.js";
 import { DEFAULT_MAX_RESULTS, listResponse, listScope } from "./pagination.js";
@@ -11,10 +12,10 @@ import { resolveImage, resolveVersion } from "./resolve.js";
 
 /**
  * MicroVMs: RunMicrovm, GetMicrovm, ListMicrovms, SuspendMicrovm, ResumeMicrovm,
- * TerminateMicrovm. Each records its intent (through MicrovmLifecycle's state
- * table) and then hands the work to the engine.
+ * TerminateMicrovm. Each records its intent (through the state table of
+ * src/lifecycle/microvm-states.ts) and then hands the work to the engine.
  *
- *   RunMicrovm ─► choose the version ─► (transaction, once per clientToken) MicroVM PENDING
+ *   RunMicrovm ─► choose the version ─► (transaction, once per clientToken) MicroVM STARTING (PENDING)
  *              ─► commit ─► engine.runMicrovm
  */
 
@@ -33,7 +34,7 @@ export function microvmDetail(services: Services, microvm: MicrovmRecord): GetMi
     maximumDurationInSeconds: c.maximumDurationInSeconds,
     microvmId: microvm.microvmId,
     startedAt: microvm.startedAt,
-    state: microvm.state,
+    state: microvmState(microvm.state),
     stateReason: microvm.stateReason,
     terminatedAt: microvm.terminatedAt,
   };
@@ -104,7 +105,7 @@ export function microvmHandlers(services: Services): Pick<
           imageId: image.imageId,
           imageName: image.name,
           imageVersion: version.version,
-          state: "PENDING",
+          state: "STARTING",
           config: {
             egressNetworkConnectors: input.egressNetworkConnectors ?? version.config.egressNetworkConnectors,
             ingressNetworkConnectors: input.ingressNetworkConnectors,
@@ -146,7 +147,7 @@ export function microvmHandlers(services: Services): Pick<
         imageVersion: String(m.imageVersion),
         microvmId: m.microvmId,
         startedAt: m.startedAt ?? m.createdAt,
-        state: m.state,
+        state: microvmState(m.state),
       }));
     },
 

@@ -1,5 +1,5 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
-import { validation } from "../api/errors.js";
+import { validation } from "../domain/service-errors.js";
 import type { Page } from "../store/records.js";
 import type { Cursor } from "../store/store.js";
 

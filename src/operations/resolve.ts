@@ -1,7 +1,7 @@
-import { notFound } from "../api/errors.js";
+import { notFound } from "../domain/service-errors.js";
 import type { ImageRecord, Owner, VersionRecord } from "../store/records.js";
 import type { Store } from "../store/store.js";
-import { imageNameOf, parseVersion } from "./identifiers.js";
+import { imageNameOf, parseVersion } from "../domain/identifiers.js";
 
 /** The caller's live image an `imageIdentifier` (ARN or name) designates, or ResourceNotFoundException. */
 export async function resolveImage(store: Store, owner: Owner, identifier: string): Promise<ImageRecord> {

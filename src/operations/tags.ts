@@ -1,7 +1,7 @@
-import { invalidParameter, notFound, validation, type ServiceError } from "../api/errors.js";
+import { invalidParameter, notFound, validation, type ServiceError } from "../domain/service-errors.js";
 import type { Owner } from "../store/records.js";
 import type { OperationHandlers, Services } from "./context.js";
-import { parseImageArn } from "./identifiers.js";
+import { parseImageArn } from "../domain/identifiers.js";
 
 /**
  * Lambda's tag API (/2017-03-31/tags/{ARN}), which MicroVM images share with

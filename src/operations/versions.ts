@@ -1,9 +1,10 @@
 import type { MicrovmImageVersionSummary } from "../api/generated/types.js";
-import { conflict, notFound } from "../api/errors.js";
+import { conflict, notFound } from "../domain/service-errors.js";
 import type { ImageRecord, VersionRecord } from "../store/records.js";
+import { ImageLifecycle } from "../lifecycle/image-states.js";
 import { versionCursor } from "../store/store.js";
 import type { OperationHandlers, Services } from "./context.js";
-import { imageArn, parseVersion } from "./identifiers.js";
+import { imageArn, parseVersion } from "../domain/identifiers.js";
 import { refuseWhileBuilding } from "./images.js";
 import { DEFAULT_MAX_RESULTS, listResponse, listScope } from "./pagination.js";
 import { resolveImage, resolveVersion } from "./resolve.js";
@@ -92,7 +93,7 @@ export function versionHandlers(services: Services): Pick<
           );
         }
         await refuseWhileBuilding(tx, image, version.version);
-        await tx.updateVersion(image.imageId, version.version, { state: "DELETED", updatedAt: now });
+        await new ImageLifecycle(tx).version(version, "delete", { updatedAt: now });
         freed = { imageId: image.imageId, versions: [version.version] };
         return done;
       });

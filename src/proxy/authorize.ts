@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from "node:http";
-import type { MicrovmState } from "../api/generated/types.js";
-import type { MicrovmRecord } from "../store/records.js";
+import { microvmState } from "../lifecycle/microvm-states.js";
+import type { MicrovmPhase, MicrovmRecord } from "../store/records.js";
 import { allowsPort, type TokenAuthority, type TokenClaims } from "../tokens/endpoint-token.js";
 import { ProxyError } from "./errors.js";
 
@@ -86,15 +86,16 @@ export function authorize(microvmId: string, headers: IncomingHttpHeaders, token
  * brought to RUNNING first.
  */
 export function wakesOnRequest(microvm: MicrovmRecord): boolean {
-  return microvm.config.idlePolicy?.autoResumeEnabled === true && ["SUSPENDED", "SUSPENDING", "PENDING"].includes(microvm.state);
+  return microvm.config.idlePolicy?.autoResumeEnabled === true && ["SUSPENDED", "SUSPENDING", "STARTING", "RESUMING"].includes(microvm.state);
 }
 
 /**
  * What an authorized request meets in each state (after any wake). A table, so
  * a new state cannot be forgotten.
  */
-const ON_STATE: Record<MicrovmState, "forward" | "retry-later" | "gone"> = {
-  PENDING: "retry-later",
+const ON_STATE: Record<MicrovmPhase, "forward" | "retry-later" | "gone"> = {
+  STARTING: "retry-later",
+  RESUMING: "retry-later",
   RUNNING: "forward",
   SUSPENDING: "retry-later",
   SUSPENDED: "retry-later",
@@ -109,14 +110,14 @@ export function admitByState(microvmId: string, microvm: MicrovmRecord | undefin
     case "forward":
       return;
     case "gone":
-      throw new ProxyError("ResourceNotFoundException", `MicroVM ${microvmId} is ${microvm.state}.`);
+      throw new ProxyError("ResourceNotFoundException", `MicroVM ${microvmId} is ${microvmState(microvm.state)}.`);
     case "retry-later":
-      throw new ProxyError("ServiceUnavailableException", `MicroVM ${microvmId} is ${microvm.state}; it is not serving requests. ${advice(microvm.state)}`, {
+      throw new ProxyError("ServiceUnavailableException", `MicroVM ${microvmId} is ${microvmState(microvm.state)}; it is not serving requests. ${advice(microvm.state)}`, {
         "retry-after": "1",
       });
   }
 }
 
-function advice(state: MicrovmState): string {
+function advice(state: MicrovmPhase): string {
   return state === "SUSPENDED" ? "Resume it (ResumeMicrovm), or run it with an idle policy that has autoResumeEnabled." : "Retry later.";
 }

@@ -7,7 +7,7 @@ import { admitByState, authorize, microvmIdOfHost, wakesOnRequest } from "./auth
 import { ProxyError, sendRefusal, writeRefusal } from "./errors.js";
 import { GuestForwarder, type Admitted } from "./forward.js";
 import { listenForHttpAndHttps } from "./listener.js";
-import { TargetUnavailable, type EndpointTargets } from "./targets.js";
+import { TargetUnavailable, type EndpointTargets } from "../engine/endpoint-targets.js";
 
 /**
  * The endpoint proxy: the data plane in front of every MicroVM's guest. Every

@@ -94,6 +94,14 @@ export const migrations: { version: number; statements: string[] }[] = [
        )`,
     ],
   },
+  {
+    version: 2,
+    statements: [
+      // PENDING is kept as STARTING or RESUMING (src/lifecycle/microvm-states.ts). A MicroVM caught
+      // resuming by this upgrade is started afresh from its image's snapshot.
+      `UPDATE microvms SET state = 'STARTING' WHERE state = 'PENDING'`,
+    ],
+  },
 ];
 
 export async function migrate(driver: SqlDriver): Promise<void> {

@@ -87,12 +87,18 @@ export interface MicrovmConfig {
   runHookPayload?: string;
 }
 
+/**
+ * A MicroVM's state as the store keeps it: the API's states, with PENDING told
+ * apart as STARTING (a run) and RESUMING (a resume); see src/lifecycle/microvm-states.ts.
+ */
+export type MicrovmPhase = Exclude<MicrovmState, "PENDING"> | "STARTING" | "RESUMING";
+
 export interface MicrovmRecord extends Owner {
   microvmId: string;
   imageId: string;
   imageName: string;
   imageVersion: number;
-  state: MicrovmState;
+  state: MicrovmPhase;
   stateReason?: string;
   config: MicrovmConfig;
   createdAt: Date;

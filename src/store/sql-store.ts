@@ -1,9 +1,10 @@
-import type { MicrovmState } from "../api/generated/types.js";
+import type { BuildState, MicrovmImageState, MicrovmImageVersionState } from "../api/generated/types.js";
 import type {
   BuildRecord,
   ClientTokenRecord,
   ImageRecord,
   ManagedImageVersionRecord,
+  MicrovmPhase,
   MicrovmRecord,
   Owner,
   Page,
@@ -110,7 +111,7 @@ function toMicrovm(r: Row): MicrovmRecord {
     imageId: String(r.image_id),
     imageName: String(r.image_name),
     imageVersion: Number(r.image_version),
-    state: String(r.state) as MicrovmState,
+    state: String(r.state) as MicrovmPhase,
     stateReason: str(r.state_reason),
     config: decodeJson(String(r.config)),
     createdAt: date(r.created_at)!,
@@ -121,6 +122,24 @@ function toMicrovm(r: Row): MicrovmRecord {
 }
 
 const placeholders = (n: number) => Array.from({ length: n }, () => "?").join(", ");
+
+/** `UPDATE table SET ... WHERE key AND state IN (from)`: whether the row moved. */
+async function compareAndSet(
+  db: SqlExecutor,
+  table: string,
+  set: { sql: string; params: SqlValue[] },
+  key: string,
+  keyParams: SqlValue[],
+  from: string[],
+  stateColumn = "state",
+): Promise<boolean> {
+  const changed = await db.execute(`UPDATE ${table} SET ${set.sql} WHERE ${key} AND ${stateColumn} IN (${placeholders(from.length)})`, [
+    ...set.params,
+    ...keyParams,
+    ...from,
+  ]);
+  return changed === 1;
+}
 
 /** The one Store implementation: its SQL runs unchanged on SQLite and PostgreSQL. */
 export class SqlStore implements Store {
@@ -196,17 +215,18 @@ export class SqlStore implements Store {
     return page(rows, query.limit, toImage);
   }
 
-  async updateImage(
+  async updateImage(imageId: string, patch: { tags: Record<string, string>; updatedAt: Date }): Promise<void> {
+    await this.db.execute(`UPDATE images SET tags = ?, updated_at = ? WHERE image_id = ?`, [JSON.stringify(patch.tags), ms(patch.updatedAt), imageId]);
+  }
+
+  async transitionImage(
     imageId: string,
-    patch: Partial<Pick<ImageRecord, "state" | "tags" | "deletedAt">> & { updatedAt: Date },
-  ): Promise<void> {
-    const set = setClause({
-      state: patch.state,
-      tags: patch.tags && JSON.stringify(patch.tags),
-      deleted_at: patch.deletedAt && ms(patch.deletedAt),
-      updated_at: ms(patch.updatedAt),
-    });
-    await this.db.execute(`UPDATE images SET ${set.sql} WHERE image_id = ?`, [...set.params, imageId]);
+    from: MicrovmImageState[],
+    to: MicrovmImageState,
+    patch: { deletedAt?: Date; updatedAt: Date },
+  ): Promise<boolean> {
+    const set = setClause({ state: to, deleted_at: patch.deletedAt && ms(patch.deletedAt), updated_at: ms(patch.updatedAt) });
+    return compareAndSet(this.db, "images", set, "image_id = ?", [imageId], from);
   }
 
   async allocateVersion(imageId: string): Promise<number> {
@@ -249,22 +269,24 @@ export class SqlStore implements Store {
     return rows[0] && toVersion(rows[0]);
   }
 
-  async updateVersion(
-    imageId: string,
-    version: number,
-    patch: Partial<Pick<VersionRecord, "state" | "stateReason" | "status">> & { updatedAt: Date },
-  ): Promise<void> {
-    const set = setClause({
-      state: patch.state,
-      state_reason: patch.stateReason,
-      status: patch.status,
-      updated_at: ms(patch.updatedAt),
-    });
-    await this.db.execute(`UPDATE image_versions SET ${set.sql} WHERE image_id = ? AND version = ?`, [
-      ...set.params,
+  async updateVersion(imageId: string, version: number, patch: Pick<VersionRecord, "status"> & { updatedAt: Date }): Promise<void> {
+    await this.db.execute(`UPDATE image_versions SET status = ?, updated_at = ? WHERE image_id = ? AND version = ?`, [
+      patch.status,
+      ms(patch.updatedAt),
       imageId,
       version,
     ]);
+  }
+
+  async transitionVersion(
+    imageId: string,
+    version: number,
+    from: MicrovmImageVersionState[],
+    to: MicrovmImageVersionState,
+    patch: { stateReason?: string | null; updatedAt: Date },
+  ): Promise<boolean> {
+    const set = setClause({ state: to, state_reason: patch.stateReason, updated_at: ms(patch.updatedAt) });
+    return compareAndSet(this.db, "image_versions", set, "image_id = ? AND version = ?", [imageId, version], from);
   }
 
   async insertBuild(b: BuildRecord): Promise<void> {
@@ -339,17 +361,19 @@ export class SqlStore implements Store {
     return rows[0] && toBuild(rows[0]);
   }
 
-  async updateBuild(
+  async transitionBuild(
     buildId: string,
-    patch: Partial<Pick<BuildRecord, "buildState" | "stateReason" | "snapshotBuild">> & { updatedAt: Date },
-  ): Promise<void> {
+    from: BuildState[],
+    to: BuildState,
+    patch: { stateReason?: string | null; snapshotBuild?: BuildRecord["snapshotBuild"]; updatedAt: Date },
+  ): Promise<boolean> {
     const set = setClause({
-      build_state: patch.buildState,
+      build_state: to,
       state_reason: patch.stateReason,
       snapshot_build: patch.snapshotBuild && encodeJson(patch.snapshotBuild),
       updated_at: ms(patch.updatedAt),
     });
-    await this.db.execute(`UPDATE builds SET ${set.sql} WHERE build_id = ?`, [...set.params, buildId]);
+    return compareAndSet(this.db, "builds", set, "build_id = ?", [buildId], from, "build_state");
   }
 
   async insertMicrovm(m: MicrovmRecord): Promise<void> {
@@ -406,7 +430,7 @@ export class SqlStore implements Store {
     return page(rows, query.limit, toMicrovm);
   }
 
-  async microvmsInState(states: MicrovmState[]): Promise<MicrovmRecord[]> {
+  async microvmsInState(states: MicrovmPhase[]): Promise<MicrovmRecord[]> {
     const rows = await this.db.query(
       `SELECT * FROM microvms WHERE state IN (${placeholders(states.length)}) ORDER BY created_at, microvm_id`,
       states,
@@ -430,9 +454,9 @@ export class SqlStore implements Store {
 
   async transitionMicrovm(
     microvmId: string,
-    from: MicrovmState[],
-    to: MicrovmState,
-    patch: Partial<Pick<MicrovmRecord, "stateReason" | "startedAt" | "terminatedAt">> & { updatedAt: Date },
+    from: MicrovmPhase[],
+    to: MicrovmPhase,
+    patch: { stateReason?: string | null; startedAt?: Date; terminatedAt?: Date; updatedAt: Date },
   ): Promise<boolean> {
     const set = setClause({
       state: to,
@@ -441,11 +465,7 @@ export class SqlStore implements Store {
       terminated_at: patch.terminatedAt && ms(patch.terminatedAt),
       updated_at: ms(patch.updatedAt),
     });
-    const changed = await this.db.execute(
-      `UPDATE microvms SET ${set.sql} WHERE microvm_id = ? AND state IN (${placeholders(from.length)})`,
-      [...set.params, microvmId, ...from],
-    );
-    return changed === 1;
+    return compareAndSet(this.db, "microvms", set, "microvm_id = ?", [microvmId], from);
   }
 
   async claimClientToken(record: ClientTokenRecord): Promise<ClientTokenRecord | undefined> {

@@ -1,9 +1,10 @@
-import type { MicrovmState } from "../api/generated/types.js";
+import type { BuildState, MicrovmImageState, MicrovmImageVersionState } from "../api/generated/types.js";
 import type {
   BuildRecord,
   ClientTokenRecord,
   ImageRecord,
   ManagedImageVersionRecord,
+  MicrovmPhase,
   MicrovmRecord,
   Owner,
   Page,
@@ -15,6 +16,10 @@ import type {
  * PostgreSQL when MICROVMS_DATABASE_URL is set), one test suite run against both.
  * Lists are cursor-paginated: `after` is the cursor of the last item of the
  * previous page, as returned by the matching `*Cursor` function.
+ *
+ * States change only through the `transition*` methods: a compare-and-set on the
+ * state the caller decided from (see src/lifecycle/). In a patch, `undefined`
+ * leaves a field as it is and `null` clears it.
  */
 export interface Store {
   /** Runs `work` against a store bound to one transaction. */
@@ -32,10 +37,9 @@ export interface Store {
   /** The most recently deleted image of that name, to answer repeated deletes. */
   findDeletedImage(owner: Owner, name: string): Promise<ImageRecord | undefined>;
   listImages(owner: Owner, query: { nameFilter?: string; after?: Cursor; limit: number }): Promise<Page<ImageRecord>>;
-  updateImage(
-    imageId: string,
-    patch: Partial<Pick<ImageRecord, "state" | "tags" | "deletedAt">> & { updatedAt: Date },
-  ): Promise<void>;
+  updateImage(imageId: string, patch: { tags: Record<string, string>; updatedAt: Date }): Promise<void>;
+  /** Moves an image to `to` only if it is in one of `from`; whether it moved. */
+  transitionImage(imageId: string, from: MicrovmImageState[], to: MicrovmImageState, patch: { deletedAt?: Date; updatedAt: Date }): Promise<boolean>;
   /** Reserves the image's next version number ("1", "2", ...) atomically. */
   allocateVersion(imageId: string): Promise<number>;
 
@@ -46,11 +50,15 @@ export interface Store {
   listVersions(imageId: string, query: { after?: Cursor; limit: number }): Promise<Page<VersionRecord>>;
   /** The image's highest ACTIVE version in one of `states` (a RunMicrovm without imageVersion, before any version succeeded). */
   newestVersionInStates(imageId: string, states: VersionRecord["state"][]): Promise<VersionRecord | undefined>;
-  updateVersion(
+  updateVersion(imageId: string, version: number, patch: Pick<VersionRecord, "status"> & { updatedAt: Date }): Promise<void>;
+  /** Moves a version to `to` only if it is in one of `from`; whether it moved. */
+  transitionVersion(
     imageId: string,
     version: number,
-    patch: Partial<Pick<VersionRecord, "state" | "stateReason" | "status">> & { updatedAt: Date },
-  ): Promise<void>;
+    from: MicrovmImageVersionState[],
+    to: MicrovmImageVersionState,
+    patch: { stateReason?: string | null; updatedAt: Date },
+  ): Promise<boolean>;
 
   insertBuild(build: BuildRecord): Promise<void>;
   findBuild(imageId: string, version: number, buildId: string): Promise<BuildRecord | undefined>;
@@ -63,10 +71,13 @@ export interface Store {
   buildsInState(states: BuildRecord["buildState"][]): Promise<BuildRecord[]>;
   /** The image's first build in `state`, of one version or of any. */
   findBuildInState(imageId: string, version: number | undefined, state: BuildRecord["buildState"]): Promise<BuildRecord | undefined>;
-  updateBuild(
+  /** Moves a build to `to` only if it is in one of `from`; whether it moved. */
+  transitionBuild(
     buildId: string,
-    patch: Partial<Pick<BuildRecord, "buildState" | "stateReason" | "snapshotBuild">> & { updatedAt: Date },
-  ): Promise<void>;
+    from: BuildState[],
+    to: BuildState,
+    patch: { stateReason?: string | null; snapshotBuild?: BuildRecord["snapshotBuild"]; updatedAt: Date },
+  ): Promise<boolean>;
 
   insertMicrovm(microvm: MicrovmRecord): Promise<void>;
   findMicrovm(owner: Owner, microvmId: string): Promise<MicrovmRecord | undefined>;
@@ -75,7 +86,7 @@ export interface Store {
     query: { imageId?: string; imageVersion?: number; after?: Cursor; limit: number },
   ): Promise<Page<MicrovmRecord>>;
   /** MicroVMs in the given states, across all owners (for the engine and reconciliation). */
-  microvmsInState(states: MicrovmState[]): Promise<MicrovmRecord[]>;
+  microvmsInState(states: MicrovmPhase[]): Promise<MicrovmRecord[]>;
   /** How many MicroVMs that are not TERMINATED match: an owner's, or those of an image (or one version of it). */
   countLiveMicrovms(filter: { owner: Owner } | { imageId: string; version?: number }): Promise<number>;
   /**
@@ -84,9 +95,9 @@ export interface Store {
    */
   transitionMicrovm(
     microvmId: string,
-    from: MicrovmState[],
-    to: MicrovmState,
-    patch: Partial<Pick<MicrovmRecord, "stateReason" | "startedAt" | "terminatedAt">> & { updatedAt: Date },
+    from: MicrovmPhase[],
+    to: MicrovmPhase,
+    patch: { stateReason?: string | null; startedAt?: Date; terminatedAt?: Date; updatedAt: Date },
   ): Promise<boolean>;
 
   /**

@@ -20,7 +20,7 @@ import { gzipSync } from "node:zlib";
 import { after, before, describe, it } from "node:test";
 import forge from "node-forge";
 import * as tar from "tar";
-import { ArtifactError } from "../../src/builder/artifact-error.js";
+import { Failure } from "../../src/domain/failure.js";
 import { loadRegistryCredentials } from "../../src/builder/oci/credentials.js";
 import { checkLayerMediaType, LayerStack, regularFileBytes } from "../../src/builder/oci/layers.js";
 import { selectPlatform } from "../../src/builder/oci/manifest.js";
@@ -128,7 +128,7 @@ describe("OCI image references", () => {
       assert.throws(
         () => parseOciReference(text),
         (err: unknown) =>
-          err instanceof ArtifactError &&
+          err instanceof Failure &&
           err.message.includes(text) &&
           err.message.includes("Docker Hub short names are not supported") &&
           err.message.includes("registry/repository:tag"),
@@ -147,7 +147,7 @@ describe("OCI image references", () => {
       ["", /empty/],
     ];
     for (const [text, message] of cases) {
-      assert.throws(() => parseOciReference(text), (err: unknown) => err instanceof ArtifactError && message.test(err.message), text);
+      assert.throws(() => parseOciReference(text), (err: unknown) => err instanceof Failure && message.test(err.message), text);
     }
   });
 
@@ -200,7 +200,7 @@ describe("registry protocol details", () => {
     assert.equal(selectPlatform("r/a:1", [arm, v3]), v3);
     assert.throws(
       () => selectPlatform("r/a:1", [arm, entry("4", "arm", "v7")]),
-      (err: unknown) => err instanceof ArtifactError && /^OCI image r\/a:1 has no linux\/amd64 image; its index offers linux\/arm64\/v8, linux\/arm\/v7\.$/.test(err.message),
+      (err: unknown) => err instanceof Failure && /^OCI image r\/a:1 has no linux\/amd64 image; its index offers linux\/arm64\/v8, linux\/arm\/v7\.$/.test(err.message),
     );
   });
 

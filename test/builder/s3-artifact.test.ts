@@ -8,8 +8,9 @@ import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client
 import S3rver from "s3rver";
 import * as tar from "tar";
 import { ZipFile } from "yazl";
-import { fetchCodeArtifact, type S3Settings } from "../../src/builder/artifact.js";
-import { parseS3Uri, s3SettingsFromEnv } from "../../src/builder/s3.js";
+import { fetchCodeArtifact } from "../../src/builder/artifact.js";
+import { s3SettingsFromEnv, type S3Settings } from "../../src/config/s3-settings.js";
+import { parseS3Uri } from "../../src/builder/s3.js";
 import { assertRejects } from "./support.js";
 
 let root: string;

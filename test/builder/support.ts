@@ -3,13 +3,13 @@ import { lstat, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before } from "node:test";
-import { ArtifactError } from "../../src/builder/artifact-error.js";
+import { Failure } from "../../src/domain/failure.js";
 
-/** Asserts that `promise` rejects with an ArtifactError (a user's mistake, told in a stateReason) matching `message`. */
-export async function assertRejects(promise: Promise<unknown>, message: RegExp): Promise<ArtifactError> {
-  let caught: ArtifactError | undefined;
+/** Asserts that `promise` rejects with a Failure (a user's mistake, told in a stateReason) matching `message`. */
+export async function assertRejects(promise: Promise<unknown>, message: RegExp): Promise<Failure> {
+  let caught: Failure | undefined;
   await assert.rejects(promise, (err: unknown) => {
-    assert.ok(err instanceof ArtifactError, `expected an ArtifactError, got ${String(err)}`);
+    assert.ok(err instanceof Failure, `expected a Failure, got ${String(err)}`);
     assert.match(err.message, message);
     caught = err;
     return true;

@@ -8,7 +8,7 @@ import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { pino } from "pino";
 import { BaseImages } from "../../src/catalogue/base-images.js";
-import { managedImages } from "../../src/catalogue/managed-images.js";
+import { managedImages } from "../../src/catalogue/catalogue.js";
 import { findRecipe } from "../../src/catalogue/recipes.js";
 
 const run = promisify(execFile);

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { WebSocket, WebSocketServer, type ClientOptions } from "ws";
 import { startEndpointProxy, type RunningEndpointProxy } from "../../src/proxy/endpoint-proxy.js";
-import { TargetUnavailable, type EndpointTargets } from "../../src/proxy/targets.js";
+import { TargetUnavailable, type EndpointTargets } from "../../src/engine/endpoint-targets.js";
 import type { MicrovmRecord, Owner } from "../../src/store/records.js";
 import { endpointCertificateNames, issueServerCertificate, loadOrCreateAuthority, type CertificateAuthority } from "../../src/tls/certificate-authority.js";
 import { TokenAuthority } from "../../src/tokens/endpoint-token.js";

@@ -5,10 +5,10 @@ import { connect, type AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { pino } from "pino";
 import { WebSocket, WebSocketServer } from "ws";
-import type { MicrovmState } from "../../src/api/generated/types.js";
+import { microvmState } from "../../src/lifecycle/microvm-states.js";
 import { startEndpointProxy, type RunningEndpointProxy } from "../../src/proxy/endpoint-proxy.js";
-import { TargetUnavailable, type EndpointTargets } from "../../src/proxy/targets.js";
-import type { MicrovmRecord, Owner } from "../../src/store/records.js";
+import { TargetUnavailable, type EndpointTargets } from "../../src/engine/endpoint-targets.js";
+import type { MicrovmPhase, MicrovmRecord, Owner } from "../../src/store/records.js";
 import { TokenAuthority, type TokenClaims } from "../../src/tokens/endpoint-token.js";
 import { converse, streamedParts } from "./support.js";
 
@@ -25,15 +25,16 @@ const OTHER = "mvm-00000000000000002";
 const REFUSING = "mvm-00000000000000003";
 const UNAVAILABLE = "mvm-00000000000000004";
 const UNKNOWN = "mvm-0000000000000000f";
-const byState: Partial<Record<MicrovmState, string>> = {
-  PENDING: "mvm-000000000000000a1",
+const byState: Partial<Record<MicrovmPhase, string>> = {
+  STARTING: "mvm-000000000000000a1",
+  RESUMING: "mvm-000000000000000a6",
   SUSPENDING: "mvm-000000000000000a2",
   SUSPENDED: "mvm-000000000000000a3",
   TERMINATING: "mvm-000000000000000a4",
   TERMINATED: "mvm-000000000000000a5",
 };
 
-function record(microvmId: string, state: MicrovmState): MicrovmRecord {
+function record(microvmId: string, state: MicrovmPhase): MicrovmRecord {
   const at = new Date();
   return {
     ...OWNER,
@@ -111,7 +112,7 @@ const microvms = new Map<string, MicrovmRecord>([
   [OTHER, record(OTHER, "RUNNING")],
   [REFUSING, record(REFUSING, "RUNNING")],
   [UNAVAILABLE, record(UNAVAILABLE, "RUNNING")],
-  ...Object.entries(byState).map(([state, id]) => [id, record(id, state as MicrovmState)] as const),
+  ...Object.entries(byState).map(([state, id]) => [id, record(id, state as MicrovmPhase)] as const),
 ]);
 
 const targets: EndpointTargets = {
@@ -391,9 +392,10 @@ describe("refusals", () => {
   });
 
   test("a MicroVM that is pending or suspended is 503 with Retry-After", async () => {
-    for (const state of ["PENDING", "SUSPENDING", "SUSPENDED"] as const) {
+    for (const state of ["STARTING", "RESUMING", "SUSPENDING", "SUSPENDED"] as const) {
       const id = byState[state]!;
-      const answer = await refused({ microvmId: id, headers: auth(token(id)) }, 503, "ServiceUnavailableException", new RegExp(state));
+      // Starting and resuming are both PENDING to a client.
+      const answer = await refused({ microvmId: id, headers: auth(token(id)) }, 503, "ServiceUnavailableException", new RegExp(`is ${microvmState(state)}`));
       assert.equal(answer.headers["retry-after"], "1");
     }
   });

@@ -53,7 +53,7 @@ const microvm = (imageId: string, id: string, s: number): MicrovmRecord => ({
   imageId,
   imageName: "app",
   imageVersion: 1,
-  state: "PENDING",
+  state: "STARTING",
   config: { maximumDurationInSeconds: 100, idlePolicy: { autoResumeEnabled: true, maxIdleDurationSeconds: 60, suspendedDurationSeconds: 0 } },
   createdAt: t(s),
   startedAt: t(s),
@@ -83,7 +83,8 @@ function storeSuite(name: string, openDriver: () => Promise<{ driver: SqlDriver;
       assert.equal(await store.insertImage(image("unique")), false);
       assert.equal(await store.insertImage(image("unique", 0, { accountId: "111111111111", region: "us-east-1" })), true);
       assert.equal(await store.insertImage(image("unique", 0, { ...owner, region: "eu-west-1" })), true);
-      await store.updateImage(first.imageId, { state: "DELETED", deletedAt: t(5), updatedAt: t(5) });
+      assert.equal(await store.transitionImage(first.imageId, ["CREATED"], "DELETED", { deletedAt: t(5), updatedAt: t(5) }), false);
+      assert.equal(await store.transitionImage(first.imageId, ["CREATING"], "DELETED", { deletedAt: t(5), updatedAt: t(5) }), true);
       assert.equal(await store.findImage(owner, "unique"), undefined);
       assert.equal((await store.findDeletedImage(owner, "unique"))?.imageId, first.imageId);
       assert.equal(await store.insertImage(image("unique")), true);
@@ -119,7 +120,7 @@ function storeSuite(name: string, openDriver: () => Promise<{ driver: SqlDriver;
       await store.updateVersion(img.imageId, 3, { status: "INACTIVE", updatedAt: t(9) });
       found = await store.findImage(owner, "derived");
       assert.equal(found?.latestActiveVersion, 1);
-      await store.updateVersion(img.imageId, 1, { state: "DELETED", updatedAt: t(9) });
+      assert.equal(await store.transitionVersion(img.imageId, 1, ["SUCCESSFUL"], "DELETED", { updatedAt: t(9) }), true);
       assert.deepEqual((await store.listVersions(img.imageId, { limit: 10 })).items.map((v) => v.version), [2, 3, 4]);
       assert.equal((await store.findImage(owner, "derived"))?.latestActiveVersion, undefined);
       // The newest ACTIVE version still building, for a RunMicrovm that names no version.
@@ -155,7 +156,12 @@ function storeSuite(name: string, openDriver: () => Promise<{ driver: SqlDriver;
       await store.insertBuild(build("b2", "ARM_64", "GRAVITON"));
       assert.deepEqual((await store.listBuilds(img.imageId, 1, { architecture: "ARM_64", limit: 10 })).items.map((b) => b.buildId), ["b2"]);
       assert.deepEqual((await store.listBuilds(img.imageId, 1, { chipset: "INTEL", chipsetGeneration: "g1", limit: 10 })).items.map((b) => b.buildId), ["b1"]);
-      await store.updateBuild("b1", { buildState: "SUCCESSFUL", snapshotBuild: { memorySnapshotSizeInBytes: 42 }, updatedAt: t(2) });
+      assert.equal(await store.transitionBuild("b1", ["IN_PROGRESS"], "SUCCESSFUL", { updatedAt: t(2) }), false);
+      assert.equal(await store.transitionBuild("b1", ["PENDING"], "IN_PROGRESS", { stateReason: "reason", updatedAt: t(2) }), true);
+      assert.equal((await store.findBuild(img.imageId, 1, "b1"))?.stateReason, "reason");
+      // null clears a field; undefined leaves it.
+      await store.transitionBuild("b1", ["IN_PROGRESS"], "SUCCESSFUL", { stateReason: null, snapshotBuild: { memorySnapshotSizeInBytes: 42 }, updatedAt: t(2) });
+      assert.equal((await store.findBuild(img.imageId, 1, "b1"))?.stateReason, undefined);
       assert.deepEqual((await store.findBuild(img.imageId, 1, "b1"))?.snapshotBuild, { memorySnapshotSizeInBytes: 42 });
       assert.deepEqual((await store.buildsInState(["SUCCESSFUL"])).map((b) => b.buildId), ["b1"]);
       assert.equal((await store.findBuildInState(img.imageId, 1, "SUCCESSFUL"))?.buildId, "b1");
@@ -167,9 +173,9 @@ function storeSuite(name: string, openDriver: () => Promise<{ driver: SqlDriver;
       const img = image("vms");
       await store.insertImage(img);
       for (let i = 0; i < 3; i++) await store.insertMicrovm(microvm(img.imageId, `mvm-0000000000000000${i}`, i));
-      assert.equal(await store.transitionMicrovm("mvm-00000000000000000", ["PENDING"], "RUNNING", { updatedAt: t(10) }), true);
-      assert.equal(await store.transitionMicrovm("mvm-00000000000000000", ["PENDING"], "RUNNING", { updatedAt: t(10) }), false);
-      await store.transitionMicrovm("mvm-00000000000000001", ["PENDING"], "TERMINATED", { terminatedAt: t(11), stateReason: "gone", updatedAt: t(11) });
+      assert.equal(await store.transitionMicrovm("mvm-00000000000000000", ["STARTING"], "RUNNING", { updatedAt: t(10) }), true);
+      assert.equal(await store.transitionMicrovm("mvm-00000000000000000", ["STARTING"], "RUNNING", { updatedAt: t(10) }), false);
+      await store.transitionMicrovm("mvm-00000000000000001", ["STARTING"], "TERMINATED", { terminatedAt: t(11), stateReason: "gone", updatedAt: t(11) });
       const ended = await store.findMicrovm(owner, "mvm-00000000000000001");
       assert.deepEqual([ended?.state, ended?.terminatedAt, ended?.stateReason], ["TERMINATED", t(11), "gone"]);
       assert.equal(await store.countLiveMicrovms({ imageId: img.imageId }), 2);

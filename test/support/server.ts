@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import assert from "node:assert/strict";
 import { ApiError, MicrovmsClient } from "../../src/client/client.js";
-import { resolveConfig } from "../../src/config.js";
+import { resolveConfig } from "../../src/config/config.js";
 import { projectRoot } from "../../src/paths.js";
 import { startServer, type RunningServer } from "../../src/server.js";
 

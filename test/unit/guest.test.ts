@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { forwardedHostPort, qemuArguments, qemuLayout } from "../../src/drivers/qemu/command-line.js";
-import { parseFrame, unescapeFrame } from "../../src/guest/agent-channel.js";
-import { renderAgentConfig } from "../../src/guest/agent-config.js";
+import { parseFrame, unescapeFrame } from "../../src/agent/channel.js";
+import { renderAgentConfig } from "../../src/agent/config.js";
 
 describe("the agent's channel and configuration", () => {
   test("frames split at the first space and unescape the agent's escapes", () => {

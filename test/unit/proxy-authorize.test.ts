@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { test } from "node:test";
-import type { MicrovmState } from "../../src/api/generated/types.js";
+import { microvmState } from "../../src/lifecycle/microvm-states.js";
 import { ActivityMeter } from "../../src/proxy/activity.js";
 import { admitByState, authorize, microvmIdOfHost } from "../../src/proxy/authorize.js";
 import { ProxyError, type ProxyErrorType } from "../../src/proxy/errors.js";
-import type { MicrovmRecord } from "../../src/store/records.js";
+import type { MicrovmPhase, MicrovmRecord } from "../../src/store/records.js";
 import { TokenAuthority, type TokenClaims } from "../../src/tokens/endpoint-token.js";
 
 const ID = "mvm-0123456789abcdef0";
@@ -62,12 +62,12 @@ test("authorize refuses, in order: no token 401, bad token 403, wrong MicroVM or
 });
 
 test("admitByState lets RUNNING through, answers 503 with Retry-After while not running, 404 once gone", () => {
-  const record = (state: MicrovmState) => ({ microvmId: ID, state }) as MicrovmRecord;
+  const record = (state: MicrovmPhase) => ({ microvmId: ID, state }) as MicrovmRecord;
   admitByState(ID, record("RUNNING"));
   refusal(() => admitByState(ID, undefined), "ResourceNotFoundException", /not found/);
   for (const state of ["TERMINATING", "TERMINATED"] as const) refusal(() => admitByState(ID, record(state)), "ResourceNotFoundException", new RegExp(`is ${state}`));
-  for (const state of ["PENDING", "SUSPENDING", "SUSPENDED"] as const) {
-    refusal(() => admitByState(ID, record(state)), "ServiceUnavailableException", new RegExp(state));
+  for (const state of ["STARTING", "RESUMING", "SUSPENDING", "SUSPENDED"] as const) {
+    refusal(() => admitByState(ID, record(state)), "ServiceUnavailableException", new RegExp(`is ${microvmState(state)}`));
     try {
       admitByState(ID, record(state));
     } catch (e) {

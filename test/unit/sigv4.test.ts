@@ -4,7 +4,7 @@ import { Sha256 } from "@aws-crypto/sha256-js";
 import { HttpRequest } from "@smithy/protocol-http";
 import { SignatureV4 } from "@smithy/signature-v4";
 import { Accounts } from "../../src/accounts.js";
-import { ServiceError } from "../../src/api/errors.js";
+import { ServiceError } from "../../src/domain/service-errors.js";
 import { parseQueryString } from "../../src/api/parse.js";
 import { SigV4Verifier, type SignedRequest } from "../../src/api/sigv4.js";
 

@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
 import { Paginator, listScope } from "../../src/operations/pagination.js";
 import { allowsPort, TokenAuthority, type TokenClaims } from "../../src/tokens/endpoint-token.js";
-import { ServiceError } from "../../src/api/errors.js";
+import { ServiceError } from "../../src/domain/service-errors.js";
 
 describe("pagination tokens", () => {
   const paginator = new Paginator(randomBytes(32));

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { pathToFileURL } from "node:url";
-import { resolveConfig } from "../../src/config.js";
+import { resolveConfig } from "../../src/config/config.js";
 import { openStore } from "../../src/store/open.js";
 import { MicrovmsClient } from "../../src/client/client.js";
 import { BUILD_ROLE, BUSYBOX, eventually, startVmTestServer, testCacheDir } from "../support/server.js";
@@ -42,9 +42,9 @@ test("a build under way when the service stops is FAILED with the reason, and it
   const [build] = await store.buildsInState(["FAILED"]);
   assert.match(String(build?.stateReason), /interrupted: the service shut down/);
   // A crash would have left it IN_PROGRESS: put it back so, and start again.
-  await store.updateBuild(build!.buildId, { buildState: "IN_PROGRESS", stateReason: undefined, updatedAt: new Date() });
-  await store.updateVersion(build!.imageId, 1, { state: "IN_PROGRESS", stateReason: undefined, updatedAt: new Date() });
-  await store.updateImage(build!.imageId, { state: "CREATING", updatedAt: new Date() });
+  await store.transitionBuild(build!.buildId, ["FAILED"], "IN_PROGRESS", { stateReason: null, updatedAt: new Date() });
+  await store.transitionVersion(build!.imageId, 1, ["FAILED"], "IN_PROGRESS", { stateReason: null, updatedAt: new Date() });
+  await store.transitionImage(build!.imageId, ["CREATE_FAILED"], "CREATING", { updatedAt: new Date() });
   await store.close();
 
   const second = await startVmTestServer({}, dataDir);

@@ -13,7 +13,7 @@
  */
 import { lstat, open, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { ArtifactError } from "../artifact-error.js";
+import { Failure } from "../../domain/failure.js";
 import { unpackTar } from "../tar.js";
 import { ArtifactWriter, entryPath } from "../unpack.js";
 
@@ -36,11 +36,11 @@ const layerMediaTypes = new Set([
 export function checkLayerMediaType(reference: string, digest: string, mediaType: string): void {
   if (layerMediaTypes.has(mediaType)) return;
   if (mediaType.endsWith("+zstd")) throw zstdNotSupported(reference);
-  throw new ArtifactError(`OCI image ${reference} has a layer ${digest} of media type "${mediaType}", which is not a tar layer we can apply.`);
+  throw new Failure(`OCI image ${reference} has a layer ${digest} of media type "${mediaType}", which is not a tar layer we can apply.`);
 }
 
-function zstdNotSupported(reference: string): ArtifactError {
-  return new ArtifactError(
+function zstdNotSupported(reference: string): Failure {
+  return new Failure(
     `OCI image ${reference} has zstd-compressed layers, which are not supported; push it with gzip-compressed layers ` +
       `(for example with skopeo copy --dest-compress-format gzip).`,
   );
@@ -145,7 +145,7 @@ class LayerWriter extends ArtifactWriter {
       // `.wh..wh.*` names other than the opaque marker are AUFS bookkeeping, with nothing to apply.
       const hidden = base.slice(whiteoutPrefix.length);
       if (hidden === "" || hidden === "." || hidden === "..") {
-        throw new ArtifactError(`Code artifact ${this.uri} has a whiteout "${name}" that names no file.`);
+        throw new Failure(`Code artifact ${this.uri} has a whiteout "${name}" that names no file.`);
       }
       if (await this.#isRealDirectory(name, dir)) await this.#removeLower(dir === "" ? hidden : `${dir}/${hidden}`);
     }
@@ -187,7 +187,7 @@ class LayerWriter extends ArtifactWriter {
       const stats = await lstatIfExists(join(this.dest, prefix));
       if (stats === undefined) return false;
       if (stats.isSymbolicLink()) {
-        throw new ArtifactError(
+        throw new Failure(
           `Code artifact ${this.uri} has an entry "${name}" that would be applied through the symbolic link "${prefix}"; ` +
             `entries may not be placed beneath a symbolic link.`,
         );
@@ -230,8 +230,8 @@ class ByteBudget {
     }
   }
 
-  #tooLarge(): ArtifactError {
-    return new ArtifactError(
+  #tooLarge(): Failure {
+    return new Failure(
       `OCI image ${this.reference} is larger than ${this.max} bytes when unpacked, the limit for the unpacked size of an image.`,
     );
   }

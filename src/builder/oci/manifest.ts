@@ -1,4 +1,4 @@
-import { ArtifactError } from "../artifact-error.js";
+import { Failure } from "../../domain/failure.js";
 
 /** What we send as Accept for a manifest: both OCI and Docker's schema 2, single images and indexes. */
 export const manifestMediaTypes = {
@@ -35,12 +35,12 @@ export const guestPlatform: Platform = { os: "linux", architecture: "amd64" };
  * was served with, else from its shape (OCI allows leaving `mediaType` out).
  */
 export function parseManifest(reference: string, json: unknown, contentType: string | undefined): Manifest {
-  const invalid = (why: string) => new ArtifactError(`OCI image ${reference} has an invalid manifest: ${why}.`);
+  const invalid = (why: string) => new Failure(`OCI image ${reference} has an invalid manifest: ${why}.`);
   if (typeof json !== "object" || json === null || Array.isArray(json)) throw invalid("it is not a JSON object");
   const doc = json as Record<string, unknown>;
   const declared = typeof doc.mediaType === "string" ? doc.mediaType : contentType;
   if (declared !== undefined && dockerSchema1Types.has(declared)) {
-    throw new ArtifactError(`OCI image ${reference} has a Docker schema 1 manifest, which is not supported; push it again with a current client.`);
+    throw new Failure(`OCI image ${reference} has a Docker schema 1 manifest, which is not supported; push it again with a current client.`);
   }
   const isIndex = declared !== undefined && indexTypes.has(declared) ? true : declared !== undefined && imageTypes.has(declared) ? false : Array.isArray(doc.manifests);
   if (doc.schemaVersion !== 2) throw invalid("its schemaVersion is not 2");
@@ -52,7 +52,7 @@ export function parseManifest(reference: string, json: unknown, contentType: str
   return { kind: "image", config: parseDescriptor(doc.config, invalid), layers: doc.layers.map((entry) => parseDescriptor(entry, invalid)) };
 }
 
-function parseDescriptor(value: unknown, invalid: (why: string) => ArtifactError): Descriptor {
+function parseDescriptor(value: unknown, invalid: (why: string) => Failure): Descriptor {
   if (typeof value !== "object" || value === null) throw invalid("a descriptor is not an object");
   const { mediaType, digest, size, platform } = value as Record<string, unknown>;
   if (typeof digest !== "string" || !/^sha256:[0-9a-f]{64}$/.test(digest)) {
@@ -80,7 +80,7 @@ export function selectPlatform(reference: string, manifests: Descriptor[]): Desc
   const chosen = baseline ?? matching[0];
   if (chosen !== undefined) return chosen;
   const offered = [...new Set(manifests.filter((m) => m.platform !== undefined && m.platform.os !== "unknown").map((m) => platformName(m.platform!)))];
-  throw new ArtifactError(
+  throw new Failure(
     `OCI image ${reference} has no linux/amd64 image; its index offers ${offered.length === 0 ? "no platforms" : offered.join(", ")}.`,
   );
 }
@@ -104,12 +104,12 @@ export interface OciImageConfig {
 
 /** Reads an image config blob: its platform, which must be ours, and how the application starts. */
 export function parseImageConfig(reference: string, json: unknown): OciImageConfig {
-  const invalid = (why: string) => new ArtifactError(`OCI image ${reference} has an invalid image config: ${why}.`);
+  const invalid = (why: string) => new Failure(`OCI image ${reference} has an invalid image config: ${why}.`);
   if (typeof json !== "object" || json === null || Array.isArray(json)) throw invalid("it is not a JSON object");
   const doc = json as Record<string, unknown>;
   if (typeof doc.os === "string" && typeof doc.architecture === "string" && (doc.os !== guestPlatform.os || doc.architecture !== guestPlatform.architecture)) {
     const variant = typeof doc.variant === "string" ? doc.variant : undefined;
-    throw new ArtifactError(
+    throw new Failure(
       `OCI image ${reference} is built for ${platformName({ os: doc.os, architecture: doc.architecture, ...(variant ? { variant } : {}) })}; ` +
         `MicroVMs run linux/amd64 images.`,
     );

@@ -8,13 +8,13 @@
  *                                                                                                    download (digest checked) ─ LayerStack.apply
  *
  * Every failure the user can fix (a wrong reference, a missing tag, refused access, an unsupported
- * image) is an ArtifactError naming the reference. On failure `rootDir` may hold part of the image;
+ * image) is a Failure naming the reference. On failure `rootDir` may hold part of the image;
  * the caller removes it.
  */
 import { mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ArtifactError } from "../artifact-error.js";
+import { Failure } from "../../domain/failure.js";
 import { loadRegistryCredentials } from "./credentials.js";
 import { checkLayerMediaType, defaultMaxImageBytes, LayerStack, regularFileBytes } from "./layers.js";
 import { imageConfigMediaTypes, parseImageConfig, parseManifest, selectPlatform, type Manifest, type OciImageConfig } from "./manifest.js";
@@ -60,11 +60,11 @@ export async function fetchOciImage(reference: string, rootDir: string, opts: Fe
   const registry = new RegistryClient(ref, credentials);
 
   const top = await registry.manifest(ref.digest ?? ref.tag!);
-  if (top === undefined) throw new ArtifactError(`OCI image ${reference} does not exist.`);
+  if (top === undefined) throw new Failure(`OCI image ${reference} does not exist.`);
   const image = await resolvePlatform(reference, registry, parseManifest(reference, top.json, top.contentType));
 
   if (image.config.mediaType !== "" && !imageConfigMediaTypes.has(image.config.mediaType)) {
-    throw new ArtifactError(`OCI image ${reference} is not a container image: its config is of media type "${image.config.mediaType}".`);
+    throw new Failure(`OCI image ${reference} is not a container image: its config is of media type "${image.config.mediaType}".`);
   }
   for (const layer of image.layers) checkLayerMediaType(reference, layer.digest, layer.mediaType);
   const configBlob = await registry.blob(image.config.digest, image.config.size, maxConfigBytes, "an image config");
@@ -72,7 +72,7 @@ export async function fetchOciImage(reference: string, rootDir: string, opts: Fe
   try {
     configJson = JSON.parse(configBlob.toString("utf8"));
   } catch {
-    throw new ArtifactError(`OCI image ${reference} has an image config that is not valid JSON.`);
+    throw new Failure(`OCI image ${reference} has an image config that is not valid JSON.`);
   }
   const config = parseImageConfig(reference, configJson);
 
@@ -96,11 +96,11 @@ export async function fetchOciImage(reference: string, rootDir: string, opts: Fe
 /** Follows indexes to the linux/amd64 image manifest. */
 async function resolvePlatform(reference: string, registry: RegistryClient, manifest: Manifest): Promise<Extract<Manifest, { kind: "image" }>> {
   for (let depth = 0; manifest.kind === "index"; depth++) {
-    if (depth === maxIndexDepth) throw new ArtifactError(`OCI image ${reference} has indexes nested more than ${maxIndexDepth} deep.`);
+    if (depth === maxIndexDepth) throw new Failure(`OCI image ${reference} has indexes nested more than ${maxIndexDepth} deep.`);
     const chosen = selectPlatform(reference, manifest.manifests);
     const fetched = await registry.manifest(chosen.digest);
     if (fetched === undefined) {
-      throw new ArtifactError(`OCI image ${reference} refers to the linux/amd64 manifest ${chosen.digest}, which the registry does not have.`);
+      throw new Failure(`OCI image ${reference} refers to the linux/amd64 manifest ${chosen.digest}, which the registry does not have.`);
     }
     manifest = parseManifest(reference, fetched.json, fetched.contentType);
   }

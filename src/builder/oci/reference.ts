@@ -1,4 +1,4 @@
-import { ArtifactError } from "../artifact-error.js";
+import { Failure } from "../../domain/failure.js";
 
 /**
  * An OCI image reference, `registry/repository:tag` or `registry/repository@sha256:<hex>`, in the
@@ -28,9 +28,9 @@ const maxRepositoryLength = 255;
 
 export const defaultTag = "latest";
 
-/** Parses `text` or throws an ArtifactError saying what is wrong with it. */
+/** Parses `text` or throws a Failure saying what is wrong with it. */
 export function parseOciReference(text: string): OciReference {
-  const invalid = (why: string) => new ArtifactError(`OCI image reference ${text} is not valid: ${why}.`);
+  const invalid = (why: string) => new Failure(`OCI image reference ${text} is not valid: ${why}.`);
   if (text === "" || /\s/.test(text)) throw invalid("it is empty or contains white space");
 
   let rest = text;
@@ -58,7 +58,7 @@ export function parseOciReference(text: string): OciReference {
   const slash = rest.indexOf("/");
   const first = slash === -1 ? rest : rest.slice(0, slash);
   if (slash === -1 || !isRegistry(first)) {
-    throw new ArtifactError(
+    throw new Failure(
       `OCI image reference ${text} has no registry; Docker Hub short names are not supported. ` +
         `Give registry/repository:tag, for example docker.io/library/ubuntu:22.04 or localhost:5000/app:1.`,
     );

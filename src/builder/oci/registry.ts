@@ -16,7 +16,7 @@ import { createWriteStream } from "node:fs";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
-import { ArtifactError } from "../artifact-error.js";
+import { Failure } from "../../domain/failure.js";
 import { readingFrom } from "../unpack.js";
 import type { RegistryCredentials } from "./credentials.js";
 import { manifestMediaTypes } from "./manifest.js";
@@ -70,7 +70,7 @@ export class RegistryClient {
     try {
       json = JSON.parse(body.toString("utf8"));
     } catch {
-      throw new ArtifactError(`OCI image ${this.#reference.text} has a manifest that is not valid JSON.`);
+      throw new Failure(`OCI image ${this.#reference.text} has a manifest that is not valid JSON.`);
     }
     const contentType = response.headers.get("content-type")?.split(";")[0]?.trim() || undefined;
     return { digest, contentType, json };
@@ -78,7 +78,7 @@ export class RegistryClient {
 
   /** A small blob (an image config), checked against its digest and size. */
   async blob(digest: string, size: number, maxBytes: number, what: string): Promise<Buffer> {
-    if (size > maxBytes) throw new ArtifactError(`OCI image ${this.#reference.text} has ${what} of ${size} bytes; at most ${maxBytes} are accepted.`);
+    if (size > maxBytes) throw new Failure(`OCI image ${this.#reference.text} has ${what} of ${size} bytes; at most ${maxBytes} are accepted.`);
     const response = await this.#getBlob(digest, what);
     const body = await this.#readAll(response, size, what);
     this.#check(digest, size, body.length, sha256Digest(body));
@@ -110,7 +110,7 @@ export class RegistryClient {
     const response = await this.#get(`${this.#base}blobs/${digest}`, {});
     if (response.status === 404) {
       await discard(response);
-      throw new ArtifactError(`OCI image ${this.#reference.text} refers to ${what} ${digest}, which the registry does not have.`);
+      throw new Failure(`OCI image ${this.#reference.text} refers to ${what} ${digest}, which the registry does not have.`);
     }
     if (!response.ok) throw await this.#unexpected(response);
     return response;
@@ -154,7 +154,7 @@ export class RegistryClient {
     try {
       url = new URL(realm ?? "");
     } catch {
-      throw new ArtifactError(`OCI image ${this.#reference.text} cannot be fetched: the registry named an invalid token service ${JSON.stringify(realm)}.`);
+      throw new Failure(`OCI image ${this.#reference.text} cannot be fetched: the registry named an invalid token service ${JSON.stringify(realm)}.`);
     }
     this.#checkTransport(url);
     const service = params.get("service");
@@ -177,7 +177,7 @@ export class RegistryClient {
       // reported below
     }
     if (typeof token !== "string" || token === "") {
-      throw new ArtifactError(`OCI image ${this.#reference.text} cannot be fetched: the registry's token service ${url.origin} answered without a token.`);
+      throw new Failure(`OCI image ${this.#reference.text} cannot be fetched: the registry's token service ${url.origin} answered without a token.`);
     }
     return token;
   }
@@ -192,7 +192,7 @@ export class RegistryClient {
       try {
         response = await fetch(target, { headers: sent, redirect: "manual" });
       } catch (err) {
-        throw new ArtifactError(
+        throw new Failure(
           `OCI image ${this.#reference.text} cannot be fetched: the registry at ${target.host} cannot be reached (${describeFetchError(err)}).`,
         );
       }
@@ -200,7 +200,7 @@ export class RegistryClient {
       if (!redirectStatuses.has(response.status) || location === null) return response;
       await discard(response);
       if (hops === maxRedirects) {
-        throw new ArtifactError(`OCI image ${this.#reference.text} cannot be fetched: the registry redirected more than ${maxRedirects} times.`);
+        throw new Failure(`OCI image ${this.#reference.text} cannot be fetched: the registry redirected more than ${maxRedirects} times.`);
       }
       target = new URL(location, target);
       this.#checkTransport(target);
@@ -210,7 +210,7 @@ export class RegistryClient {
   #checkTransport(url: URL): void {
     if (url.protocol === "https:") return;
     if (url.protocol === "http:" && isLoopbackRegistry(url.host)) return;
-    throw new ArtifactError(
+    throw new Failure(
       `OCI image ${this.#reference.text} cannot be fetched: the registry sent us to ${url.origin}; only HTTPS is used except on this machine.`,
     );
   }
@@ -218,7 +218,7 @@ export class RegistryClient {
   #bodyOf(response: Response, what: string): AsyncIterable<Buffer> {
     if (response.body === null) return Readable.from([]);
     const stream = Readable.fromWeb(response.body as WebReadableStream<Uint8Array>);
-    return readingFrom(stream, (err) => new ArtifactError(`OCI image ${this.#reference.text} cannot be fetched: reading ${what} from the registry failed (${describeFetchError(err)}).`));
+    return readingFrom(stream, (err) => new Failure(`OCI image ${this.#reference.text} cannot be fetched: reading ${what} from the registry failed (${describeFetchError(err)}).`));
   }
 
   async #readAll(response: Response, maxBytes: number, what: string): Promise<Buffer> {
@@ -227,7 +227,7 @@ export class RegistryClient {
     for await (const chunk of this.#bodyOf(response, what)) {
       length += chunk.length;
       if (length > maxBytes) {
-        throw new ArtifactError(`OCI image ${this.#reference.text} cannot be fetched: the registry sent more than ${maxBytes} bytes for ${what}.`);
+        throw new Failure(`OCI image ${this.#reference.text} cannot be fetched: the registry sent more than ${maxBytes} bytes for ${what}.`);
       }
       chunks.push(chunk);
     }
@@ -237,27 +237,27 @@ export class RegistryClient {
   /** Throws unless `received` bytes hashing to `actual` are what `digest` and `size` promise. */
   #check(digest: string, size: number, received: number, actual: string | undefined): void {
     if (received !== size) {
-      throw new ArtifactError(
+      throw new Failure(
         `OCI image ${this.#reference.text} failed verification: the registry sent ${received} bytes for ${digest}, whose manifest says ${size}.`,
       );
     }
     if (actual !== undefined && actual !== digest) throw this.#mismatch(digest, actual);
   }
 
-  #mismatch(expected: string, actual: string): ArtifactError {
-    return new ArtifactError(
+  #mismatch(expected: string, actual: string): Failure {
+    return new Failure(
       `OCI image ${this.#reference.text} failed verification: the registry sent content for ${expected} whose digest is ${actual}.`,
     );
   }
 
-  #refused(): ArtifactError {
-    return new ArtifactError(`The registry refused access to ${this.#reference.text}; configure credentials for ${this.#reference.registry}.`);
+  #refused(): Failure {
+    return new Failure(`The registry refused access to ${this.#reference.text}; configure credentials for ${this.#reference.registry}.`);
   }
 
-  async #unexpected(response: Response, who = "registry"): Promise<ArtifactError> {
+  async #unexpected(response: Response, who = "registry"): Promise<Failure> {
     const body = await this.#readAll(response, 64 * 1024, "an error").catch(() => Buffer.alloc(0));
     const detail = errorDetail(body.toString("utf8"));
-    return new ArtifactError(
+    return new Failure(
       `OCI image ${this.#reference.text} cannot be fetched: the ${who} answered ${response.status} ${response.statusText}${detail}.`,
     );
   }

@@ -2,16 +2,18 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdir, open, readFile } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "pino";
-import { AgentChannel, type AgentFrame } from "../../guest/agent-channel.js";
-import { connectWhenListening } from "../../guest/lines.js";
-import type { AgentEvent, Vm, VmDriver, VmExit, VmSpec } from "../driver.js";
+import { AgentChannel, type AgentFrame } from "../../agent/channel.js";
+import { connectWhenListening } from "../../agent/lines.js";
+import { Failure } from "../../domain/failure.js";
+import { runCommand } from "../../process/run-command.js";
+import { checkLegal, VmError, type AgentEvent, type Vm, type VmDriver, type VmExit, type VmSpec, type VmState } from "../driver.js";
 import { forwardedHostPort, qemuArguments, qemuLayout, type Acceleration, type QemuLayout, type QemuMachine } from "./command-line.js";
 import { Qmp } from "./qmp.js";
 
 /**
  * The QEMU driver.
  *
- *   start: mkdir runDir ─► spawn QEMU (own process group, output to qemu.log)
+ *   start: mkdir runDir ─► (overlay: qemu-img create over its backing disk) ─► spawn QEMU (own process group, output to qemu.log)
  *          ─► connect QMP ─► connect the agent's channel ─► Vm
  *          (any failure: kill the process group, wait for it, throw with QEMU's last words)
  *   agent: hello ─► send clock and entropy │ ready ─► whenReady() │ exit <code> ─► kept for the reason
@@ -38,7 +40,7 @@ export class QemuDriver implements VmDriver {
   }
 
   async start(spec: VmSpec): Promise<Vm> {
-    await mkdir(spec.runDir, { recursive: true });
+    await prepare(spec);
     const layout = qemuLayout(spec.runDir);
     const machine: QemuMachine = { ...spec, accel: this.accel, layout };
     return launch(machine, spec.name, this.log.child({ vm: spec.name }));
@@ -53,16 +55,33 @@ export class QemuDriver implements VmDriver {
   }
 
   async restore(spec: VmSpec & { memory: { path: string; share: false } }, statePath: string, options: { memoryInState?: boolean } = {}): Promise<Vm> {
-    await mkdir(spec.runDir, { recursive: true });
+    await prepare(spec);
     const layout = qemuLayout(spec.runDir);
     const vm = await launch({ ...spec, accel: this.accel, layout, incoming: true }, spec.name, this.log.child({ vm: spec.name }));
     try {
       await vm.restoreFrom(statePath, options.memoryInState === true);
       return vm;
     } catch (error) {
-      await vm.stop(0);
-      throw error;
+      const failure = new VmError(`${spec.name} could not be restored from ${statePath}`, { cause: error });
+      // Cleanup never hides the first error: a failed stop joins it.
+      await vm.stop(0).catch((stopError: unknown) => {
+        throw new AggregateError([failure, stopError], `${failure.message}, and stopping it failed too`);
+      });
+      throw failure;
     }
+  }
+}
+
+/** The run directory, and a fresh overlay when the disk is one over a backing image. */
+async function prepare(spec: VmSpec): Promise<void> {
+  await mkdir(spec.runDir, { recursive: true });
+  const disk = spec.disk;
+  if (disk.format === "qcow2" && disk.backing) {
+    // A private copy-on-write layer: the backing disk is shared (a snapshot's, by every MicroVM of a version) and never written.
+    await runCommand("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", disk.backing, disk.path], {
+      what: `the disk overlay of ${spec.name}`,
+      debianPackage: "qemu-utils",
+    });
   }
 }
 
@@ -103,7 +122,7 @@ export async function launch(machine: QemuMachine, name: string, log: Logger): P
     if (child.pid !== undefined && !gone) killGroup(child.pid);
     await exit;
     const detail = await lastLines(machine.layout.qemuLog, 5);
-    throw new Error(`QEMU did not start for ${name}${detail ? `: ${detail}` : ""} (${error instanceof Error ? error.message : String(error)})`);
+    throw new VmError(`QEMU did not start for ${name}${detail ? `: ${detail}` : ""}`, { cause: error });
   }
 }
 
@@ -182,6 +201,7 @@ async function lastLines(path: string, count: number): Promise<string> {
 
 export class QemuVm implements Vm {
   readonly exited: Promise<VmExit>;
+  private current: VmState = "running";
   private readonly listeners: ((event: AgentEvent) => void)[] = [];
   private readonly forwards = new Map<number, Promise<number>>();
   private ready = false;
@@ -204,10 +224,15 @@ export class QemuVm implements Vm {
     agent.on("frame", (frame) => this.receive(frame));
     this.exited = processExit.then(async ({ code, signal }) => {
       this.hasExited = true;
+      this.current = "stopped";
       qmp.close();
       agent.close();
       return { code, signal, applicationExitCode: this.applicationExitCode, reason: await this.exitReason(code, signal) };
     });
+  }
+
+  get state(): VmState {
+    return this.current;
   }
 
   private async exitReason(code: number | null, signal: string | null): Promise<string> {
@@ -217,8 +242,9 @@ export class QemuVm implements Vm {
       return status > 128 ? `The application was killed by signal ${status - 128}.` : `The application exited with code ${status}.`;
     }
     const how = signal ? `signal ${signal}` : `code ${code}`;
-    const detail = await lastLines(this.layout.qemuLog, 2);
-    return `The VM stopped unexpectedly (QEMU exited with ${how}${detail ? `: ${detail}` : ""}).`;
+    // QEMU's last words name host paths: they go to the log, the reason (a client's stateReason) says what happened.
+    this.log.warn({ code, signal, qemu: await lastLines(this.layout.qemuLog, 5) }, "the VM stopped unexpectedly");
+    return `The VM stopped unexpectedly (QEMU exited with ${how}).`;
   }
 
   private receive(frame: AgentFrame): void {
@@ -256,21 +282,24 @@ export class QemuVm implements Vm {
   }
 
   whenReady(timeoutMs: number): Promise<void> {
+    checkLegal(this.name, "whenReady", this.current);
     if (this.ready) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`the application did not become ready within ${Math.round(timeoutMs / 1000)} s`)), timeoutMs);
+      // Both ways of failing are told in the user's terms (Failure): an exit reason is written for a stateReason.
+      const timer = setTimeout(() => reject(new Failure(`the application did not become ready within ${Math.round(timeoutMs / 1000)} s`)), timeoutMs);
       this.readyWaiters.push(() => {
         clearTimeout(timer);
         resolve();
       });
       void this.exited.then((exit) => {
         clearTimeout(timer);
-        reject(new Error(exit.reason));
+        reject(new Failure(exit.reason.replace(/\.$/, "")));
       });
     });
   }
 
   forward(guestPort: number): Promise<number> {
+    checkLegal(this.name, "forward", this.current);
     let port = this.forwards.get(guestPort);
     if (!port) {
       port = this.addForward(guestPort);
@@ -286,16 +315,19 @@ export class QemuVm implements Vm {
     if (existing !== undefined) return existing;
     // Port 0: QEMU binds a free loopback port, which `info usernet` then shows.
     const answer = await this.qmp.hmp(`hostfwd_add net0 tcp:127.0.0.1:0-:${guestPort}`);
-    if (answer.trim()) throw new Error(`QEMU refused a forward to guest port ${guestPort}: ${answer.trim()}`);
+    if (answer.trim()) throw new VmError(`QEMU refused a forward to guest port ${guestPort}: ${answer.trim()}`);
     const port = forwardedHostPort(await this.qmp.hmp("info usernet"), guestPort);
-    if (port === undefined) throw new Error(`QEMU did not report the forward to guest port ${guestPort}`);
+    if (port === undefined) throw new VmError(`QEMU did not report the forward to guest port ${guestPort}`);
     return port;
   }
 
   async snapshot(statePath: string, options: { withMemory?: boolean } = {}): Promise<void> {
+    checkLegal(this.name, "snapshot", this.current);
     await this.ignoreSharedMemory(options.withMemory !== true);
     // QEMU limits migration to 128 MiB/s by default, for live migration over a network; a file takes it as fast as it can.
     await this.qmp.execute("migrate-set-parameters", { "max-bandwidth": 16 * 1024 ** 3 });
+    // From here the guest is paused mid-save: whatever happens, it must not run on as if nothing did.
+    this.current = "saved";
     await this.qmp.execute("stop");
     await this.qmp.execute("migrate", { uri: `exec:cat > ${shellQuote(statePath)}` });
     await this.migrationCompleted();
@@ -325,22 +357,27 @@ export class QemuVm implements Vm {
       const state = await this.qmp.execute<{ status?: string; "error-desc"?: string }>("query-migrate");
       if (state.status === "completed") return;
       if (state.status === "failed" || state.status === "cancelled") {
-        throw new Error(`the snapshot ${state.status === "failed" ? "failed" : "was cancelled"}${state["error-desc"] ? `: ${state["error-desc"]}` : ""}`);
+        throw new VmError(`the snapshot ${state.status === "failed" ? "failed" : "was cancelled"}${state["error-desc"] ? `: ${state["error-desc"]}` : ""}`);
       }
-      if (Date.now() > deadline) throw new Error(`the snapshot did not complete within ${MIGRATION_TIMEOUT_MS / 1000} s`);
+      if (Date.now() > deadline) throw new VmError(`the snapshot did not complete within ${MIGRATION_TIMEOUT_MS / 1000} s`);
       await sleep(5);
     }
   }
 
   detach(): void {
+    checkLegal(this.name, "detach", this.current);
+    this.current = "detached";
     this.qmp.close();
     this.agent.close();
   }
 
   async stop(graceMs = 5_000): Promise<VmExit> {
+    checkLegal(this.name, "stop", this.current);
     if (!this.hasExited) {
       this.stopping = true;
-      this.agent.powerOff();
+      // A saved guest is paused and its state belongs to the snapshot: it quits without running on.
+      if (this.current === "saved") graceMs = 0;
+      else this.agent.powerOff();
       if (!(await settlesWithin(this.exited, graceMs))) {
         await this.qmp.execute("quit").catch(() => {});
         if (!(await settlesWithin(this.exited, 1_000))) killGroup(this.pid);

@@ -1,6 +1,6 @@
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
-import { onLines } from "../../guest/lines.js";
+import { onLines } from "../../agent/lines.js";
 
 /**
  * A client of QEMU's machine protocol (QMP): JSON objects, one per line.

@@ -1,28 +1,33 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { MicrovmStateValues, type MicrovmState } from "../../src/api/generated/types.js";
-import { ServiceError } from "../../src/api/errors.js";
-import { decide, MicrovmLifecycle, transitions, type MicrovmTransition } from "../../src/engine/lifecycle.js";
+import { MicrovmStateValues } from "../../src/api/generated/types.js";
+import { ServiceError } from "../../src/domain/service-errors.js";
+import { MicrovmLifecycle, microvmState, microvmStates, type MicrovmTransition } from "../../src/lifecycle/microvm-states.js";
+import { decide } from "../../src/lifecycle/state-table.js";
 import { migrate } from "../../src/store/migrations.js";
 import { SqliteDriver } from "../../src/store/sqlite-driver.js";
 import { SqlStore } from "../../src/store/sql-store.js";
-import type { MicrovmRecord } from "../../src/store/records.js";
+import type { MicrovmPhase, MicrovmRecord } from "../../src/store/records.js";
 
 describe("MicroVM state table", () => {
+  const phases: MicrovmPhase[] = ["STARTING", "RESUMING", "RUNNING", "SUSPENDING", "SUSPENDED", "TERMINATING", "TERMINATED"];
+
   it("allows exactly the documented transitions", () => {
-    const expected: Record<MicrovmTransition, Partial<Record<MicrovmState, MicrovmState | "done">>> = {
+    const live = { STARTING: "TERMINATED", RESUMING: "TERMINATED", RUNNING: "TERMINATED", SUSPENDING: "TERMINATED", SUSPENDED: "TERMINATED", TERMINATING: "TERMINATED" } as const;
+    const expected: Record<MicrovmTransition, Partial<Record<MicrovmPhase, MicrovmPhase | "done">>> = {
       suspend: { RUNNING: "SUSPENDING" },
-      resume: { SUSPENDED: "PENDING" },
-      terminate: { PENDING: "TERMINATING", RUNNING: "TERMINATING", SUSPENDING: "TERMINATING", SUSPENDED: "TERMINATING", TERMINATING: "done", TERMINATED: "done" },
-      started: { PENDING: "RUNNING" },
+      resume: { SUSPENDED: "RESUMING" },
+      terminate: { STARTING: "TERMINATING", RESUMING: "TERMINATING", RUNNING: "TERMINATING", SUSPENDING: "TERMINATING", SUSPENDED: "TERMINATING", TERMINATING: "done", TERMINATED: "done" },
+      started: { STARTING: "RUNNING" },
+      resumed: { RESUMING: "RUNNING" },
       suspended: { SUSPENDING: "SUSPENDED" },
       terminated: { TERMINATING: "TERMINATED" },
-      failed: { PENDING: "TERMINATED", RUNNING: "TERMINATED", SUSPENDING: "TERMINATED", SUSPENDED: "TERMINATED", TERMINATING: "TERMINATED" },
+      failed: live,
     };
-    for (const transition of Object.keys(transitions) as MicrovmTransition[]) {
-      for (const state of MicrovmStateValues) {
+    for (const transition of Object.keys(microvmStates) as MicrovmTransition[]) {
+      for (const state of phases) {
         const want = expected[transition][state];
-        const got = decide(transition, state);
+        const got = decide(microvmStates, transition, state);
         if (want === undefined) assert.equal(got.kind, "forbidden", `${transition} from ${state}`);
         else if (want === "done") assert.equal(got.kind, "done", `${transition} from ${state}`);
         else assert.deepEqual(got, { kind: "move", to: want }, `${transition} from ${state}`);
@@ -31,9 +36,17 @@ describe("MicroVM state table", () => {
   });
 
   it("never leaves TERMINATED", () => {
-    for (const transition of Object.keys(transitions) as MicrovmTransition[]) {
-      assert.notEqual(decide(transition, "TERMINATED").kind, "move", transition);
+    for (const transition of Object.keys(microvmStates) as MicrovmTransition[]) {
+      assert.notEqual(decide(microvmStates, transition, "TERMINATED").kind, "move", transition);
     }
+  });
+
+  it("shows starting and resuming as PENDING, and every other phase as itself", () => {
+    assert.deepEqual(
+      phases.map(microvmState),
+      ["PENDING", "PENDING", "RUNNING", "SUSPENDING", "SUSPENDED", "TERMINATING", "TERMINATED"],
+    );
+    for (const state of MicrovmStateValues) assert.ok(phases.map(microvmState).includes(state), state);
   });
 });
 
@@ -51,7 +64,7 @@ async function withLifecycle(work: (lifecycle: MicrovmLifecycle, microvm: Microv
     imageId: "img",
     imageName: "app",
     imageVersion: 1,
-    state: "PENDING",
+    state: "STARTING",
     config: { maximumDurationInSeconds: 60 },
     createdAt: now,
     updatedAt: now,
@@ -68,7 +81,7 @@ describe("MicrovmLifecycle", () => {
   it("walks a MicroVM through run, suspend, resume and terminate", () =>
     withLifecycle(async (lifecycle, microvm, store) => {
       let m = (await lifecycle.apply(microvm, "started")).microvm;
-      for (const step of ["suspend", "suspended", "resume", "started", "terminate", "terminated"] as const) {
+      for (const step of ["suspend", "suspended", "resume", "resumed", "terminate", "terminated"] as const) {
         m = (await lifecycle.apply(m, step)).microvm;
       }
       const stored = await store.findMicrovm(microvm, microvm.microvmId);
@@ -90,7 +103,7 @@ describe("MicrovmLifecycle", () => {
   it("decides from the stored state when a stale record lost a race", () =>
     withLifecycle(async (lifecycle, microvm) => {
       await lifecycle.apply(microvm, "terminate");
-      // `microvm` still says PENDING; the store says TERMINATING, where terminate is already done.
+      // `microvm` still says STARTING; the store says TERMINATING, where terminate is already done.
       const again = await lifecycle.apply(microvm, "terminate");
       assert.equal(again.moved, false);
       assert.equal(again.microvm.state, "TERMINATING");
@@ -102,11 +115,23 @@ describe("MicrovmLifecycle", () => {
       const { microvm: running } = await lifecycle.apply(microvm, "started");
       const { microvm: suspending } = await lifecycle.apply(running, "suspend");
       const { microvm: suspended } = await lifecycle.apply(suspending, "suspended");
-      await lifecycle.apply(suspended, "resume"); // a request woke it: PENDING now
-      // The suspended-period timer still holds the SUSPENDED record; terminate would be allowed from PENDING.
+      await lifecycle.apply(suspended, "resume"); // a request woke it: RESUMING now
+      // The suspended-period timer still holds the SUSPENDED record; terminate would be allowed from RESUMING.
       const late = await lifecycle.apply(suspended, "terminate", {}, { onlyFrom: ["SUSPENDED"] });
       assert.equal(late.moved, false);
-      assert.equal(late.microvm.state, "PENDING");
+      assert.equal(late.microvm.state, "RESUMING");
+    }));
+
+  it("clears the reason a previous state left when asked to (stateReason: null)", () =>
+    withLifecycle(async (lifecycle, microvm, store) => {
+      const { microvm: running } = await lifecycle.apply(microvm, "started");
+      const { microvm: suspending } = await lifecycle.apply(running, "suspend", { stateReason: "idle" });
+      const { microvm: suspended } = await lifecycle.apply(suspending, "suspended");
+      const { microvm: resuming } = await lifecycle.apply(suspended, "resume");
+      assert.equal((await store.findMicrovm(microvm, microvm.microvmId))?.stateReason, "idle");
+      const { microvm: resumed } = await lifecycle.apply(resuming, "resumed", { stateReason: null });
+      assert.equal(resumed.stateReason, undefined);
+      assert.equal((await store.findMicrovm(microvm, microvm.microvmId))?.stateReason, undefined);
     }));
 
   it("serializes concurrent transitions: exactly one of two racing terminates moves", () =>

@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from "node:crypto";
-import { notFound, type ResourceType } from "../api/errors.js";
+import { notFound, type ResourceType } from "./service-errors.js";
 import type { Owner } from "../store/records.js";
 
 /**

@@ -1,5 +1,6 @@
 import { request } from "node:http";
 import type { Hooks } from "../api/generated/types.js";
+import { Failure } from "../domain/failure.js";
 import type { Vm } from "../drivers/driver.js";
 
 /**
@@ -30,9 +31,6 @@ export function enabledHook(hooks: Hooks | undefined, name: HookName): number | 
   return (typeof seconds === "number" ? seconds : DEFAULT_TIMEOUT_SECONDS[name]) * 1000;
 }
 
-/** A hook that failed or timed out; its message says which and why, fit for a stateReason. */
-export class HookFailure extends Error {}
-
 /** Calls the hook if it is enabled. */
 export async function callHook(vm: Vm, hooks: Hooks | undefined, name: HookName, body = ""): Promise<void> {
   const timeoutMs = enabledHook(hooks, name);
@@ -41,7 +39,7 @@ export async function callHook(vm: Vm, hooks: Hooks | undefined, name: HookName,
   const what = `The ${name} hook (POST /${name} on port ${port})`;
   const hostPort = await vm.forward(port);
   await new Promise<void>((resolve, reject) => {
-    const fail = (why: string) => reject(new HookFailure(`${what} ${why}.`));
+    const fail = (why: string) => reject(new Failure(`${what} ${why}.`));
     const req = request(
       {
         host: "127.0.0.1",

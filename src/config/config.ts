@@ -1,6 +1,6 @@
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { s3SettingsFromEnv, type S3Settings } from "./builder/s3.js";
+import { s3SettingsFromEnv, type S3Settings } from "./s3-settings.js";
 
 /**
  * Server configuration. Every setting has a flag of `microvms serve` and an
