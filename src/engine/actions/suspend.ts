@@ -34,7 +34,9 @@ export async function suspend(ctx: EngineContext, microvm: MicrovmRecord, live: 
   // The idle timer stops; the maximum duration keeps counting while suspended.
   live.cancelTimers(["idle"]);
   await live.release();
-  const { microvm: suspended } = await ctx.lifecycle.apply(current, "suspended");
+  // A terminate recorded meanwhile wins: it runs next on the queue and finds no VM.
+  const { microvm: suspended, moved } = await ctx.lifecycle.apply(current, "suspended", {}, { onlyFrom: ["SUSPENDING"] });
+  if (!moved) return;
   armSuspendedPeriod(ctx, suspended, live);
   ctx.log.info({ microvmId: microvm.microvmId }, "MicroVM suspended to disk");
 }
